@@ -1,0 +1,70 @@
+"""mpiengine SDK: submit shell commands, MPI programs and Python functions to an endpoint.
+
+``Executor()`` with no arguments runs an embedded endpoint in this process (needs the
+``mpiengine`` package); ``Executor(endpoint_id=..., relay=...)`` submits through a relay.
+"""
+
+from mpiengine_sdk.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BackendError,
+    BlockLost,
+    ConfigError,
+    ExecutorShutdown,
+    InvalidTaskId,
+    MPIEngineError,
+    PayloadTooLarge,
+    RateLimited,
+    RelayError,
+    RemoteExecutionError,
+    SerializationError,
+    SpecError,
+    SubmitError,
+    TaskCancelled,
+    TaskError,
+    TaskFailed,
+    TaskTimeout,
+    TaskTooLarge,
+    TemplateError,
+)
+from mpiengine_sdk.executor import Executor
+from mpiengine_sdk.functions import MPIFunction, MPIPythonFunction, ShellFunction
+from mpiengine_sdk.future import TaskFuture
+from mpiengine_sdk.results import MPIResult, ShellResult
+from mpiengine_sdk.spec import ResourceSpec
+from mpiengine_sdk.states import TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
+    "BackendError",
+    "BlockLost",
+    "ConfigError",
+    "Executor",
+    "ExecutorShutdown",
+    "InvalidTaskId",
+    "MPIEngineError",
+    "MPIFunction",
+    "MPIPythonFunction",
+    "MPIResult",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RelayError",
+    "RemoteExecutionError",
+    "ResourceSpec",
+    "SerializationError",
+    "ShellFunction",
+    "ShellResult",
+    "SpecError",
+    "SubmitError",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailed",
+    "TaskFuture",
+    "TaskState",
+    "TaskTimeout",
+    "TaskTooLarge",
+    "TemplateError",
+]

@@ -1,0 +1,295 @@
+"""Every error mpiengine raises, in one tree.
+
+```
+MPIEngineError                      base of everything below
+├── SpecError                       a ResourceSpec field is wrong (field, value, allowed)
+├── TemplateError                   a ShellFunction template is broken or misses a value
+├── SerializationError              a function or argument cannot be serialised (dill)
+├── SubmitError                     the endpoint refused a task at submit
+│   ├── TaskTooLarge                no block can ever hold the task
+│   ├── InvalidTaskId               a task id is not a safe sandbox name
+│   └── ExecutorShutdown            submit after shutdown()
+├── ConfigError                     a config file or value is invalid (key, problem, allowed)
+├── BackendError                    the embedded endpoint or relay connection failed
+│   └── RelayError                  the relay answered with an error (code, message)
+│       ├── AuthenticationError     no or forged identity
+│       ├── AuthorizationError      identity may not use this endpoint or task
+│       ├── PayloadTooLarge         a submission exceeds the size limit
+│       └── RateLimited             too many requests; retry after `retry_after` seconds
+└── TaskError                       a task ran (or was meant to run) and did not succeed
+    ├── TaskFailed                  non-zero exit (from result.check()), or the launch failed
+    ├── TaskTimeout                 the walltime expired; the whole process tree was killed
+    ├── TaskCancelled               cancelled before or while running
+    ├── BlockLost                   the block running it vanished and retries ran out
+    └── RemoteExecutionError        a Python task raised; carries the remote traceback
+```
+
+Errors carry data as attributes, chain their causes with ``raise ... from``, and their messages
+say what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
+    "BackendError",
+    "BlockLost",
+    "ConfigError",
+    "ExecutorShutdown",
+    "InvalidTaskId",
+    "MPIEngineError",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RelayError",
+    "RemoteExecutionError",
+    "SerializationError",
+    "SpecError",
+    "SubmitError",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailed",
+    "TaskTimeout",
+    "TaskTooLarge",
+    "TemplateError",
+]
+
+
+def _rebuild(
+    cls: type[MPIEngineError], args: tuple[object, ...], kwargs: dict[str, object]
+) -> MPIEngineError:
+    return cls(*args, **kwargs)
+
+
+class MPIEngineError(Exception):
+    """Base class of every mpiengine error.
+
+    Errors pickle (dill) with their data, so one raised inside a Python task comes back whole.
+    """
+
+    _init: tuple[tuple[object, ...], dict[str, object]] | None = None
+
+    def _remember(self, *args: object, **kwargs: object) -> None:
+        # The most derived constructor calls this first; its base classes' calls are ignored.
+        if self._init is None:
+            self._init = (args, kwargs)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        if self._init is None:
+            reduced = super().__reduce__()
+            assert isinstance(reduced, tuple)
+            return reduced
+        args, kwargs = self._init
+        state = {k: v for k, v in self.__dict__.items() if k != "_init"}
+        return (_rebuild, (type(self), args, kwargs), state)
+
+
+class SpecError(MPIEngineError, ValueError):
+    """A resource specification field is invalid.
+
+    Attributes:
+        field: the offending field name.
+        value: the value that was given.
+        allowed: a short description of what is allowed.
+    """
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self._remember(field, value, allowed)
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}={value!r} is invalid: {allowed}")
+
+
+class TemplateError(MPIEngineError, ValueError):
+    """A ShellFunction command template is malformed or a placeholder has no value."""
+
+
+class SerializationError(MPIEngineError, TypeError):
+    """A function, its arguments or its result cannot be serialised."""
+
+
+class SubmitError(MPIEngineError):
+    """The endpoint refused a task at submit; nothing was queued."""
+
+
+class TaskTooLarge(SubmitError):
+    """No block of the endpoint can ever hold the task.
+
+    Attributes:
+        requested: what the task asked for, e.g. ``"5 nodes x 4 cores"``.
+        largest: the largest block shape the endpoint offers.
+    """
+
+    def __init__(self, requested: str, largest: str) -> None:
+        self._remember(requested, largest)
+        self.requested = requested
+        self.largest = largest
+        super().__init__(
+            f"task needs {requested}, but the largest block is {largest}; "
+            "ask for fewer nodes/cores/GPUs or configure larger blocks (nodes_per_block)"
+        )
+
+
+class InvalidTaskId(SubmitError, ValueError):
+    """A task id is not a safe identifier (it would escape the sandbox or is malformed)."""
+
+
+class ExecutorShutdown(SubmitError, RuntimeError):
+    """The executor was shut down; no new task is accepted."""
+
+
+class ConfigError(MPIEngineError, ValueError):
+    """A configuration is invalid.
+
+    Attributes:
+        key: dotted path of the offending key ("" for the whole document).
+        problem: what is wrong.
+        allowed: what is allowed (valid keys with their defaults, or the value range).
+    """
+
+    def __init__(self, key: str, problem: str, allowed: str = "") -> None:
+        self._remember(key, problem, allowed)
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+        where = f"{key}: " if key else ""
+        hint = f" (allowed: {allowed})" if allowed else ""
+        super().__init__(f"{where}{problem}{hint}")
+
+
+class BackendError(MPIEngineError, RuntimeError):
+    """The endpoint backend (embedded endpoint or relay connection) failed."""
+
+
+class RelayError(BackendError):
+    """The relay answered with an error.
+
+    Attributes:
+        code: a short machine-readable code, e.g. ``"unauthorized"``.
+    """
+
+    def __init__(self, message: str, code: str = "relay_error") -> None:
+        self._remember(message, code)
+        self.code = code
+        super().__init__(message)
+
+
+class AuthenticationError(RelayError):
+    """The request carried no valid identity."""
+
+
+class AuthorizationError(RelayError):
+    """The identity may not use this endpoint, task or result."""
+
+
+class PayloadTooLarge(RelayError):
+    """A submission is larger than the relay's limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self._remember(size, limit)
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"submission is {size} bytes, the limit is {limit} bytes; "
+            "pass large data by path or raise the relay's max_payload_bytes",
+            code="payload_too_large",
+        )
+
+
+class RateLimited(RelayError):
+    """Too many requests; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        self._remember(retry_after)
+        self.retry_after = retry_after
+        super().__init__(f"rate limit reached; retry in {retry_after:.1f} s", code="rate_limited")
+
+
+class TaskError(MPIEngineError):
+    """A task did not succeed.
+
+    Attributes:
+        task_id: the task's id.
+        returncode: the exit code, when the task ran.
+        stdout: the tail of its stdout ("" when unknown).
+        stderr: the tail of its stderr ("" when unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str = "",
+        returncode: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self._remember(
+            message, task_id=task_id, returncode=returncode, stdout=stdout, stderr=stderr
+        )
+        self.task_id = task_id
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.stderr:
+            text += "\n--- stderr (tail) ---\n" + self.stderr.rstrip("\n")
+        return text
+
+
+class TaskFailed(TaskError):
+    """The task exited non-zero (raised by ``result.check()``) or could not be launched."""
+
+
+class TaskTimeout(TaskError):
+    """The task's walltime expired; its whole process tree was killed (returncode 124)."""
+
+
+class TaskCancelled(TaskError):
+    """The task was cancelled before or while it ran."""
+
+
+class BlockLost(TaskError):
+    """The block running the task disappeared and the task's retry budget is spent.
+
+    Attributes:
+        block_id: the endpoint's id of the block.
+        job_id: the batch system's job id ("" for local blocks).
+        nodes: the block's nodes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str = "",
+        block_id: str = "",
+        job_id: str = "",
+        nodes: Sequence[str] = (),
+    ) -> None:
+        self.block_id = block_id
+        self.job_id = job_id
+        self._remember(message, task_id=task_id, block_id=block_id, job_id=job_id, nodes=nodes)
+        self.nodes = tuple(nodes)
+        super().__init__(message, task_id=task_id)
+
+
+class RemoteExecutionError(TaskError):
+    """A Python task raised and its exception could not be rebuilt locally.
+
+    Attributes:
+        type_name: the remote exception's qualified type name.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str, task_id: str = ""):
+        self._remember(type_name, message, remote_traceback, task_id)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{type_name}: {message}\n{remote_traceback}", task_id=task_id)

@@ -1,0 +1,225 @@
+"""The Executor: ``concurrent.futures.Executor`` for mpiengine tasks.
+
+With no endpoint named it runs an embedded endpoint in this process (this host as K virtual
+nodes); with ``endpoint_id`` and ``relay`` it submits through the relay. The API is the same.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mpiengine_sdk.backend import Backend
+from mpiengine_sdk.errors import BackendError, ExecutorShutdown, SubmitError
+from mpiengine_sdk.functions import MPIPythonFunction, ShellFunction, python_task
+from mpiengine_sdk.future import TaskFuture
+from mpiengine_sdk.results import unpack_result
+from mpiengine_sdk.spec import ResourceSpec, coerce_spec
+from mpiengine_sdk.states import TaskState
+from mpiengine_sdk.wire import ResultMessage, TaskMessage
+
+__all__ = ["Executor"]
+
+SpecLike = ResourceSpec | Mapping[str, Any] | None
+#: What ``submit`` accepts: a task type or any Python callable.
+Submittable = ShellFunction | MPIPythonFunction | Callable[..., Any]
+
+
+def _embedded_backend(options: Mapping[str, Any]) -> Backend:
+    try:
+        module = importlib.import_module("mpiengine.embedded")
+    except ImportError as exc:
+        raise BackendError(
+            "the embedded endpoint needs the engine: pip install mpiengine "
+            "(or pass endpoint_id= and relay= to submit through a relay)"
+        ) from exc
+    backend: Backend = module.EmbeddedEndpoint(**options)
+    return backend
+
+
+def _remote_backend(endpoint_id: str, relay: str | None, options: Mapping[str, Any]) -> Backend:
+    module = importlib.import_module("mpiengine_sdk.remote")
+    backend: Backend = module.RelayBackend(endpoint_id=endpoint_id, relay=relay, **options)
+    return backend
+
+
+class Executor(concurrent.futures.Executor):
+    """Submit shell commands, MPI programs and Python functions; get futures back.
+
+    Args:
+        endpoint_id: the endpoint to submit to through a relay; None runs an embedded
+            endpoint in this process.
+        relay: the relay's broker URL (remote mode); None reads the client config.
+        resource_spec: the default ResourceSpec (or dict) for every submit; a submit's own
+            ``resource_spec=`` is merged over it.
+        backend: an explicit Backend (tests, custom transports); overrides the two above.
+        **options: passed to the backend: for the embedded endpoint ``nodes``,
+            ``cores_per_node``, ``gpus_per_node``, ``workdir``...; for remote mode the
+            credentials.
+
+    Raises:
+        BackendError: the backend cannot start.
+    """
+
+    def __init__(
+        self,
+        endpoint_id: str | None = None,
+        *,
+        relay: str | None = None,
+        resource_spec: SpecLike = None,
+        backend: Backend | None = None,
+        **options: Any,
+    ) -> None:
+        self._default_spec = coerce_spec(resource_spec) or ResourceSpec()
+        if backend is None:
+            if endpoint_id is None:
+                backend = _embedded_backend(options)
+            else:
+                backend = _remote_backend(endpoint_id, relay, options)
+        self._backend = backend
+        self.endpoint_id = endpoint_id
+        self._lock = threading.Lock()
+        self._futures: dict[str, TaskFuture] = {}
+        self._shutdown = False
+        self._backend.start(self._on_result)
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def resource_spec(self) -> ResourceSpec:
+        """The default resource specification merged into every submit."""
+        return self._default_spec
+
+    @resource_spec.setter
+    def resource_spec(self, value: SpecLike) -> None:
+        self._default_spec = coerce_spec(value) or ResourceSpec()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend running the tasks (embedded endpoint or relay client)."""
+        return self._backend
+
+    # -- submission ----------------------------------------------------------------------
+    def submit(  # type: ignore[override]
+        self,
+        fn: Submittable,
+        /,
+        *args: Any,
+        resource_spec: SpecLike = None,
+        task_id: str | None = None,
+        **kwargs: Any,
+    ) -> TaskFuture:
+        """Submit one task.
+
+        Args:
+            fn: a ShellFunction, MPIFunction, MPIPythonFunction or any Python callable.
+            *args: positional arguments (Python callables only).
+            resource_spec: this task's resources, merged over the executor's default.
+            task_id: an explicit id (letters, digits, ``_.-``); a random one otherwise.
+            **kwargs: template values for shell functions, keyword arguments otherwise.
+
+        Returns:
+            A TaskFuture whose ``task_id`` is set at once.
+
+        Raises:
+            SpecError, TemplateError, SerializationError: the task is malformed.
+            SubmitError: the endpoint refused it (TaskTooLarge, InvalidTaskId, ...).
+            ExecutorShutdown: after shutdown().
+        """
+        task = self.prepare(fn, args, kwargs, resource_spec=resource_spec, task_id=task_id)
+        future = TaskFuture(task.task_id, task.kind, self._cancel)
+        with self._lock:
+            if self._shutdown:
+                raise ExecutorShutdown("cannot submit: the executor is shut down")
+            if task.task_id in self._futures:
+                raise SubmitError(f"task id {task.task_id!r} is already in use by this executor")
+            self._futures[task.task_id] = future
+        try:
+            self._backend.submit([task])
+        except BaseException:
+            with self._lock:
+                self._futures.pop(task.task_id, None)
+            raise
+        return future
+
+    def prepare(
+        self,
+        fn: Submittable,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        resource_spec: SpecLike = None,
+        task_id: str | None = None,
+    ) -> TaskMessage:
+        """Build (and validate) the wire message for a task without submitting it."""
+        spec = self._default_spec.merged(resource_spec)
+        tid = task_id if task_id is not None else uuid.uuid4().hex
+        if isinstance(fn, ShellFunction | MPIPythonFunction):
+            return fn.to_task(tid, tuple(args), dict(kwargs), spec)
+        if not callable(fn):
+            raise TypeError(
+                f"cannot submit {fn!r}: expected a ShellFunction, MPIFunction, "
+                "MPIPythonFunction or a Python callable"
+            )
+        return python_task(fn, tuple(args), dict(kwargs), tid, spec)
+
+    # -- results -------------------------------------------------------------------------
+    def _on_result(self, msg: ResultMessage) -> None:
+        with self._lock:
+            future = self._futures.get(msg.task_id)
+            if future is not None and msg.state.terminal:
+                del self._futures[msg.task_id]
+        if future is None or future.done():
+            return  # unknown or duplicate delivery: one result per task id reaches the user
+        if msg.state is TaskState.RUNNING:
+            future.mark_running()
+            return
+        if not msg.state.terminal:
+            return
+        future.message = msg
+        try:
+            value = unpack_result(future.kind, msg)
+        except BaseException as exc:  # the task's error is the future's exception
+            _settle(future, exc=exc)
+        else:
+            _settle(future, value=value)
+
+    def _cancel(self, task_id: str) -> None:
+        self._backend.cancel(task_id)
+
+    def outstanding(self) -> list[TaskFuture]:
+        """Futures not yet resolved, in submission order."""
+        with self._lock:
+            return list(self._futures.values())
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks, as ``concurrent.futures.Executor.shutdown``.
+
+        Args:
+            wait: block until every outstanding future is resolved.
+            cancel_futures: cancel tasks that have not started yet (running ones continue).
+        """
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._futures.values())
+        if cancel_futures:
+            for future in pending:
+                if not future.running():
+                    future.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
+        self._backend.shutdown(wait=wait)
+
+
+def _settle(future: TaskFuture, *, value: object = None, exc: BaseException | None = None) -> None:
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled concurrently: the cancellation stands

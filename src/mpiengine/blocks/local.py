@@ -1,0 +1,63 @@
+"""A block made of this host, presented as K virtual nodes (the embedded default)."""
+
+from __future__ import annotations
+
+from mpiengine.blocks.base import CompletionSink
+from mpiengine.launchers import LauncherSpec
+from mpiengine.runner.process import Completion, LaunchSpec, TaskRunner
+from mpiengine.scheduler import BlockInfo
+
+__all__ = ["LocalBlock", "virtual_node_names"]
+
+
+def virtual_node_names(count: int) -> tuple[str, ...]:
+    """``vnode0 .. vnode{count-1}``: names MPICH hydra's fork launcher accepts as hosts."""
+    return tuple(f"vnode{i}" for i in range(count))
+
+
+class LocalBlock:
+    """This host as ``len(info.nodes)`` virtual nodes; tasks run in-process via a TaskRunner.
+
+    Args:
+        info: the block's shape (virtual node names, cores and GPUs per node, no end time).
+        launcher: the MPI launcher (``mpich-fork`` places ranks on the virtual nodes).
+        sink: receives ``(block_id, completion)`` for every launched task.
+        kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
+    """
+
+    def __init__(
+        self,
+        info: BlockInfo,
+        launcher: LauncherSpec,
+        sink: CompletionSink,
+        *,
+        kill_grace: float = 2.0,
+    ) -> None:
+        self._info = info
+        self._launcher = launcher
+        self._sink = sink
+        self._runner = TaskRunner(self._done, kill_grace=kill_grace)
+
+    @property
+    def info(self) -> BlockInfo:
+        return self._info
+
+    @property
+    def launcher(self) -> LauncherSpec:
+        return self._launcher
+
+    @property
+    def job_id(self) -> str:
+        return ""
+
+    def _done(self, completion: Completion) -> None:
+        self._sink(self._info.block_id, completion)
+
+    def launch(self, spec: LaunchSpec) -> None:
+        self._runner.start(spec)
+
+    def kill(self, task_id: str) -> None:
+        self._runner.kill(task_id)
+
+    def close(self) -> None:
+        self._runner.close(kill=True)

@@ -1,0 +1,111 @@
+"""The ``mpiengine`` command: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+
+from mpiengine_sdk.errors import MPIEngineError
+
+__all__ = ["main"]
+
+
+@click.group()
+@click.version_option(package_name="mpiengine")
+def main() -> None:
+    """Run shell commands, MPI programs and Python functions on HPC allocations."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--nodes", "num_nodes", type=int, default=None, help="Nodes for the task.")
+@click.option("--ranks-per-node", type=int, default=None, help="MPI ranks on each node.")
+@click.option("--num-ranks", type=int, default=None, help="Total MPI ranks.")
+@click.option("--cpus-per-rank", type=int, default=1, show_default=True)
+@click.option("--walltime", type=float, default=None, help="Seconds before the task is killed.")
+@click.option("--exclusive", is_flag=True, help="Hold the nodes whole.")
+@click.option(
+    "--mpi/--no-mpi",
+    default=None,
+    help="Run under the MPI launcher (default: when more than one rank is asked for).",
+)
+@click.option("--virtual-nodes", type=int, default=None, help="Embedded endpoint size.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    num_nodes: int | None,
+    ranks_per_node: int | None,
+    num_ranks: int | None,
+    cpus_per_rank: int,
+    walltime: float | None,
+    exclusive: bool,
+    mpi: bool | None,
+    virtual_nodes: int | None,
+    workdir: Path | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run one COMMAND on the embedded endpoint and print its result.
+
+    Example: mpiengine run --nodes 2 --ranks-per-node 2 -- hostname
+    """
+    from mpiengine_sdk.executor import Executor
+    from mpiengine_sdk.functions import MPIFunction, ShellFunction
+    from mpiengine_sdk.spec import ResourceSpec
+
+    try:
+        spec = ResourceSpec(
+            num_nodes=num_nodes,
+            ranks_per_node=ranks_per_node,
+            num_ranks=num_ranks,
+            cpus_per_rank=cpus_per_rank,
+            walltime=walltime,
+            exclusive=exclusive,
+        )
+        use_mpi = mpi if mpi is not None else spec.num_ranks > 1
+        fn = (MPIFunction if use_mpi else ShellFunction)(list(command))
+        with Executor(nodes=virtual_nodes, workdir=workdir) as ex:
+            result = ex.submit(fn, resource_spec=spec).result()
+    except MPIEngineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"task      {result.task_id}")
+    click.echo(f"nodes     {','.join(result.nodes)}")
+    click.echo(f"argv      {' '.join(result.argv)}")
+    click.echo(f"sandbox   {result.sandbox}")
+    click.echo(f"seconds   {result.duration:.3f}")
+    click.echo(f"returncode {result.returncode}")
+    if result.stdout:
+        click.echo("--- stdout (tail) ---\n" + result.stdout.rstrip("\n"))
+    if result.stderr:
+        click.echo("--- stderr (tail) ---\n" + result.stderr.rstrip("\n"), err=True)
+    sys.exit(result.returncode if result.returncode is not None else 1)
+
+
+@main.command()
+@click.option("--nodes", type=int, default=4, show_default=True, help="Virtual nodes.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+def demo(nodes: int, workdir: Path | None) -> None:
+    """Run a small mixed ensemble on the embedded endpoint and show a table."""
+    from mpiengine.demo import run_demo
+
+    try:
+        run_demo(nodes=nodes, workdir=workdir, echo=click.echo)
+    except MPIEngineError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _mount(module: str, *names: str) -> None:
+    """Attach command groups that live in their own modules (agent, relay, endpoint)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return
+    for name in names:
+        cmd = getattr(mod, name, None)
+        if isinstance(cmd, click.Command):
+            main.add_command(cmd)
+
+
+_mount("mpiengine.agent.cli", "agent")
+_mount("mpiengine.cli_remote", "relay", "endpoint")

@@ -1,0 +1,177 @@
+"""The embedded endpoint: ``Executor()`` with nothing configured.
+
+This host becomes one block of K virtual nodes; MPI tasks start through the PyPI ``mpich``
+wheel's hydra ``mpiexec`` (``-launcher fork``), which places each virtual node's ranks on this
+host. No broker, no batch system; the scheduler, runner, launcher and sandbox code are the same
+as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mpiengine.blocks.local import LocalBlock, virtual_node_names
+from mpiengine.engine import Engine, EngineStatus
+from mpiengine.launchers import load_launcher
+from mpiengine.scheduler import BlockInfo, BlockShape
+from mpiengine_sdk.backend import ResultSink
+from mpiengine_sdk.errors import BackendError, ConfigError
+from mpiengine_sdk.wire import TaskMessage
+
+__all__ = ["DEFAULT_CORES_PER_NODE", "DEFAULT_NODES", "EmbeddedEndpoint", "find_mpiexec"]
+
+#: Virtual nodes when none are configured (``MPIENGINE_NODES`` overrides).
+DEFAULT_NODES = 4
+#: Cores per virtual node (``MPIENGINE_CORES_PER_NODE`` overrides). Virtual: tasks share the
+#: host's real cores, so this bounds how many sub-node tasks pack onto one virtual node.
+DEFAULT_CORES_PER_NODE = 4
+
+
+def find_mpiexec() -> str | None:
+    """The MPICH wheel's ``mpiexec`` beside this interpreter, else the first on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("mpiexec")
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}", "1, 2, 3, ...")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return _positive(name, int(raw))
+    except ValueError as exc:
+        raise ConfigError(name, f"must be a positive integer, got {raw!r}") from exc
+
+
+class EmbeddedEndpoint:
+    """An in-process endpoint (implements the SDK's Backend protocol).
+
+    Args:
+        nodes: virtual nodes (default ``MPIENGINE_NODES`` or 4).
+        cores_per_node: cores per virtual node (default ``MPIENGINE_CORES_PER_NODE`` or 4).
+        gpus_per_node: GPUs per virtual node (default 0).
+        workdir: where sandboxes go; a fresh directory under ``MPIENGINE_HOME`` (default
+            ``~/.mpiengine``) ``/embedded/`` if None. Sandboxes are kept after the run.
+        mpiexec: the MPICH hydra ``mpiexec`` to use (default: the mpich wheel's).
+        kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
+
+    Raises:
+        ConfigError: a value is out of range.
+    """
+
+    def __init__(
+        self,
+        nodes: int | None = None,
+        cores_per_node: int | None = None,
+        gpus_per_node: int = 0,
+        workdir: str | Path | None = None,
+        mpiexec: str | None = None,
+        kill_grace: float = 2.0,
+    ) -> None:
+        n = (
+            _positive("nodes", nodes)
+            if nodes is not None
+            else _env_int("MPIENGINE_NODES", DEFAULT_NODES)
+        )
+        cores = (
+            _positive("cores_per_node", cores_per_node)
+            if cores_per_node is not None
+            else _env_int("MPIENGINE_CORES_PER_NODE", DEFAULT_CORES_PER_NODE)
+        )
+        if (
+            isinstance(gpus_per_node, bool)
+            or not isinstance(gpus_per_node, int)
+            or gpus_per_node < 0
+        ):
+            raise ConfigError("gpus_per_node", f"must be an integer >= 0, got {gpus_per_node!r}")
+        self.workdir = Path(workdir) if workdir is not None else _fresh_workdir()
+        self.mpiexec = mpiexec or find_mpiexec() or "mpiexec"
+        self._launcher = load_launcher("mpich-fork", executable=self.mpiexec)
+        self._info = BlockInfo(
+            block_id="local",
+            nodes=virtual_node_names(n),
+            cores_per_node=cores,
+            gpus_per_node=gpus_per_node,
+            end_time=None,
+        )
+        self._shape = BlockShape(num_nodes=n, cores_per_node=cores, gpus_per_node=gpus_per_node)
+        self._kill_grace = kill_grace
+        self._engine: Engine | None = None
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The virtual node names."""
+        return self._info.nodes
+
+    @property
+    def cores_per_node(self) -> int:
+        """Cores per virtual node."""
+        return self._info.cores_per_node
+
+    def start(self, sink: ResultSink) -> None:
+        """Start the engine and its one local block."""
+        if self._engine is not None:
+            raise BackendError("the embedded endpoint is already started")
+        engine = Engine(workdir=self.workdir, sink=sink, shapes=[self._shape], base_env=_task_env())
+        block = LocalBlock(self._info, self._launcher, engine.report, kill_grace=self._kill_grace)
+        engine.add_block(block)
+        engine.start()
+        self._engine = engine
+
+    def _require(self) -> Engine:
+        if self._engine is None:
+            raise BackendError("the embedded endpoint is not started")
+        return self._engine
+
+    def submit(self, tasks: Sequence[TaskMessage]) -> None:
+        """Validate and queue tasks (see Engine.submit)."""
+        self._require().submit(tasks)
+
+    def cancel(self, task_id: str) -> None:
+        """Cancel a queued or running task."""
+        self._require().cancel(task_id)
+
+    def status(self) -> EngineStatus:
+        """Blocks, nodes and task counts."""
+        return self._require().status()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the engine; with ``wait`` let queued and running tasks finish."""
+        if self._engine is not None:
+            self._engine.shutdown(wait=wait)
+
+
+def _task_env() -> dict[str, str]:
+    """This process's environment, with its import path, so Python tasks can unpickle
+    functions defined in the submitter's own modules (the embedded endpoint shares its host)."""
+    env = dict(os.environ)
+    default = {os.path.realpath(p) for p in sys.path if p.startswith((sys.prefix, sys.base_prefix))}
+    extra = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) not in default]
+    if env.get("PYTHONPATH"):
+        extra.append(env["PYTHONPATH"])
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(extra))
+    return env
+
+
+def _fresh_workdir() -> Path:
+    home = Path(os.environ.get("MPIENGINE_HOME", Path.home() / ".mpiengine"))
+    root = home / "embedded"
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=root))

@@ -1,0 +1,397 @@
+"""The endpoint core: one thread applies the scheduler's policy to the blocks.
+
+Every change (a submit, a completion, a cancel, a block gained or lost) is an event on one
+queue; the engine thread drains the queue, updates the pure scheduler, asks it for placements and
+launches them. Nothing else touches the scheduler, so it needs no lock. The public methods are
+thread-safe and cheap: they validate in the caller's thread (so a bad task is refused at submit,
+with a typed error) and post an event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpiengine.blocks.base import BlockHandle
+from mpiengine.outcome import result_from_completion, result_without_run
+from mpiengine.placement import Placement
+from mpiengine.runner.process import Completion
+from mpiengine.runner.sandbox import create_sandbox, validate_task_id
+from mpiengine.scheduler import BlockShape, Scheduler, TaskRequest
+from mpiengine.taskprep import build_launch, clean_base_env, task_request
+from mpiengine_sdk.backend import ResultSink
+from mpiengine_sdk.errors import MPIEngineError, SubmitError
+from mpiengine_sdk.spec import ResourceSpec
+from mpiengine_sdk.states import TaskState
+from mpiengine_sdk.wire import ResultMessage, TaskMessage
+
+__all__ = ["Engine", "EngineStatus"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Task:
+    msg: TaskMessage
+    spec: ResourceSpec
+    request: TaskRequest
+    state: TaskState = TaskState.QUEUED
+    placement: Placement | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """A snapshot for heartbeats, ``endpoint status`` and the demo's progress line."""
+
+    blocks: int
+    nodes: int
+    waiting: int
+    running: int
+    completed: int
+    last_error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return dict(self.__dict__)
+
+
+class Engine:
+    """Schedules tasks onto blocks and reports their results.
+
+    Args:
+        workdir: the endpoint's working directory; sandboxes go to ``workdir/tasks/<task_id>``.
+        sink: receives every ResultMessage (RUNNING progress and terminal results).
+        shapes: the block shapes this endpoint can ever offer (a task none can hold is refused
+            at submit); a callable is asked each time.
+        scheduler: the policy (a default Scheduler if None).
+        base_env: the environment tasks start from (default: this process's, cleaned).
+        python: the interpreter that runs Python tasks.
+        on_tick: called on the engine thread about every ``tick_interval`` seconds with
+            ``(now, engine)``: the block manager's hook to scale blocks.
+    """
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        sink: ResultSink,
+        shapes: Sequence[BlockShape] | Callable[[], Sequence[BlockShape]],
+        scheduler: Scheduler | None = None,
+        base_env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+        on_tick: Callable[[float, Engine], None] | None = None,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.tasks_dir = self.workdir / "tasks"
+        self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        self._sink = sink
+        self._shapes = shapes
+        self._scheduler = scheduler or Scheduler()
+        self._base_env = clean_base_env(os.environ if base_env is None else base_env)
+        self._python = python
+        self._on_tick = on_tick
+        self._tick_interval = tick_interval
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._tasks: dict[str, _Task] = {}
+        self._active_ids: set[str] = set()
+        self._ids_lock = threading.Lock()
+        self._blocks: dict[str, BlockHandle] = {}
+        self._completed = 0
+        self._last_error = ""
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="mpiengine-engine", daemon=True)
+        self._stopping: bool | None = None  # None: running; True/False: stop with wait?
+        self._closed = threading.Event()
+
+    # -- thread-safe API -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine thread."""
+        self._thread.start()
+
+    def block_shapes(self) -> list[BlockShape]:
+        """The block shapes a task is checked against at submit."""
+        shapes = self._shapes() if callable(self._shapes) else self._shapes
+        return list(shapes)
+
+    def submit(self, tasks: Sequence[TaskMessage]) -> None:
+        """Validate and queue tasks.
+
+        A single task that is refused raises (SubmitError, SpecError, ...); in a batch of
+        several, each refused task gets a FAILED result instead and the others are queued.
+        """
+        if self._stopping is not None or self._closed.is_set():
+            raise SubmitError("the endpoint is shutting down; no new task is accepted")
+        for task in tasks:
+            try:
+                item = self._admit(task)
+            except MPIEngineError as exc:
+                if len(tasks) == 1:
+                    raise
+                self._sink(
+                    result_without_run(task.task_id, TaskState.FAILED, type(exc).__name__, str(exc))
+                )
+                continue
+            self._events.put(("submit", item))
+
+    def _admit(self, task: TaskMessage) -> _Task:
+        validate_task_id(task.task_id)
+        spec = ResourceSpec.from_dict(task.spec)
+        request = task_request(task, spec, time.monotonic())
+        self._scheduler.check_fits(request, self.block_shapes())
+        with self._ids_lock:
+            if task.task_id in self._active_ids:
+                raise SubmitError(f"task id {task.task_id!r} is already queued or running")
+            self._active_ids.add(task.task_id)
+        return _Task(task, spec, request)
+
+    def cancel(self, task_id: str) -> None:
+        """Drop a queued task or kill a running one; its CANCELLED result follows."""
+        self._events.put(("cancel", task_id))
+
+    def add_block(self, handle: BlockHandle) -> None:
+        """Offer a new block's nodes to the scheduler."""
+        self._events.put(("add_block", handle))
+
+    def lose_block(self, block_id: str, reason: str) -> None:
+        """A block vanished: retry its running tasks within budget, else report them LOST."""
+        self._events.put(("lose_block", block_id, reason))
+
+    def report(self, block_id: str, completion: Completion) -> None:
+        """A block's runner finished a task (the CompletionSink of every block)."""
+        self._events.put(("complete", block_id, completion))
+
+    def note_error(self, message: str) -> None:
+        """Record an error for the status (e.g. a provider failure)."""
+        self._last_error = message
+
+    def status(self) -> EngineStatus:
+        """A snapshot of blocks and task counts."""
+        running = sum(1 for t in list(self._tasks.values()) if t.state is TaskState.RUNNING)
+        return EngineStatus(
+            blocks=len(self._blocks),
+            nodes=sum(len(b.info.nodes) for b in list(self._blocks.values())),
+            waiting=len(self._tasks) - running,
+            running=running,
+            completed=self._completed,
+            last_error=self._last_error,
+        )
+
+    @property
+    def blocks(self) -> dict[str, BlockHandle]:
+        """The current blocks by id (read-only view for the block manager)."""
+        return dict(self._blocks)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The policy object (touch it only from ``on_tick``, on the engine thread)."""
+        return self._scheduler
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop. With ``wait``, queued and running tasks finish first; else they are
+        cancelled (running ones killed). Idempotent."""
+        if not self._thread.is_alive():
+            self._closed.set()
+            return
+        self._events.put(("stop", wait))
+        self._thread.join(timeout)
+
+    # -- engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        try:
+            while True:
+                try:
+                    event = self._events.get(timeout=self._tick_interval)
+                except queue.Empty:
+                    event = None
+                while event is not None:
+                    self._handle(event)
+                    try:
+                        event = self._events.get_nowait()
+                    except queue.Empty:
+                        event = None
+                now = time.monotonic()
+                if self._on_tick is not None and now >= next_tick:
+                    next_tick = now + self._tick_interval
+                    self._guard(self._on_tick, now, self)
+                if self._stopping is False or (self._stopping and not self._tasks):
+                    break
+                self._schedule(now)
+        finally:
+            self._close_blocks()
+            self._closed.set()
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # a hook must never kill the engine thread
+            log.exception("engine hook failed")
+            self._last_error = f"{type(exc).__name__}: {exc}"
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "submit":
+            item: _Task = event[1]
+            self._tasks[item.msg.task_id] = item
+            self._scheduler.submit(item.request)
+        elif kind == "complete":
+            self._complete(event[1], event[2])
+        elif kind == "cancel":
+            self._cancel(event[1])
+        elif kind == "add_block":
+            handle: BlockHandle = event[1]
+            self._blocks[handle.info.block_id] = handle
+            self._scheduler.add_block(handle.info)
+        elif kind == "lose_block":
+            self._lose_block(event[1], event[2])
+        elif kind == "stop":
+            self._stop(bool(event[1]))
+
+    def _schedule(self, now: float) -> None:
+        for placement in self._scheduler.schedule(now):
+            self._launch(placement)
+
+    def _launch(self, placement: Placement) -> None:
+        task = self._tasks[placement.task_id]
+        block = self._blocks[placement.block_id]
+        task.placement = placement
+        task.attempts += 1
+        task.state = TaskState.RUNNING
+        try:
+            sandbox = create_sandbox(self.tasks_dir, task.msg.task_id)
+            spec = build_launch(
+                task.msg,
+                task.spec,
+                placement,
+                mpi_launcher=block.launcher,
+                cores_per_node=block.info.cores_per_node,
+                sandbox=sandbox,
+                base_env=self._base_env,
+                python=self._python,
+            )
+            block.launch(spec)
+        except Exception as exc:  # refuse this task only; the endpoint keeps running
+            log.exception("could not launch task %s", task.msg.task_id)
+            self._scheduler.release(task.msg.task_id)
+            self._finish(
+                task,
+                result_without_run(
+                    task.msg.task_id, TaskState.FAILED, "LaunchError", f"{exc}", nodes=()
+                ),
+            )
+            return
+        self._sink(
+            ResultMessage(
+                task_id=task.msg.task_id,
+                state=TaskState.RUNNING,
+                nodes=placement.nodes,
+                block_id=placement.block_id,
+                attempts=task.attempts,
+            )
+        )
+
+    def _complete(self, block_id: str, done: Completion) -> None:
+        task = self._tasks.get(done.task_id)
+        if task is None or task.placement is None or task.placement.block_id != block_id:
+            return  # already resolved (block lost and retried elsewhere, or cancelled)
+        self._scheduler.release(done.task_id)
+        block = self._blocks.get(block_id)
+        result = result_from_completion(
+            task.msg,
+            task.placement,
+            done,
+            job_id=block.job_id if block else "",
+            attempts=task.attempts,
+        )
+        self._finish(task, result)
+
+    def _finish(self, task: _Task, result: ResultMessage) -> None:
+        self._tasks.pop(task.msg.task_id, None)
+        with self._ids_lock:
+            self._active_ids.discard(task.msg.task_id)
+        self._completed += 1
+        self._sink(result)
+
+    def _cancel(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        if task.state is TaskState.RUNNING and task.placement is not None:
+            block = self._blocks.get(task.placement.block_id)
+            if block is not None:
+                block.kill(task_id)  # the runner's Completion (cancelled=True) follows
+                return
+        self._scheduler.cancel(task_id)
+        self._finish(
+            task,
+            result_without_run(task_id, TaskState.CANCELLED, "TaskCancelled", "cancelled"),
+        )
+
+    def _lose_block(self, block_id: str, reason: str) -> None:
+        block = self._blocks.pop(block_id, None)
+        if block is None:
+            return
+        lost = self._scheduler.remove_block(block_id)
+        for task_id in lost:
+            task = self._tasks.get(task_id)
+            if task is None:
+                continue
+            if task.attempts <= task.spec.retries:
+                log.warning("block %s lost (%s): retrying task %s", block_id, reason, task_id)
+                task.state = TaskState.QUEUED
+                task.placement = None
+                self._scheduler.submit(task.request)
+                continue
+            self._finish(
+                task,
+                result_without_run(
+                    task_id,
+                    TaskState.LOST,
+                    "BlockLost",
+                    f"block {block_id} (job {block.job_id or '-'}) was lost: {reason}",
+                    block_id=block_id,
+                    job_id=block.job_id,
+                    nodes=block.info.nodes,
+                    attempts=task.attempts,
+                ),
+            )
+        try:
+            block.close()
+        except Exception:
+            log.exception("closing lost block %s failed", block_id)
+
+    def _stop(self, wait: bool) -> None:
+        self._stopping = wait
+        if wait:
+            return
+        for task_id in list(self._tasks):
+            self._cancel(task_id)
+
+    def _close_blocks(self) -> None:
+        for block in list(self._blocks.values()):
+            try:
+                block.close()
+            except Exception:
+                log.exception("closing block %s failed", block.info.block_id)
+        # Tasks killed by close() above report nothing once the loop is gone: resolve them.
+        for task in list(self._tasks.values()):
+            self._finish(
+                task,
+                result_without_run(
+                    task.msg.task_id,
+                    TaskState.CANCELLED,
+                    "TaskCancelled",
+                    "the endpoint shut down before the task finished",
+                ),
+            )

@@ -1,0 +1,100 @@
+"""Turn what the runner saw (a Completion) into the task's ResultMessage.
+
+The endpoint never unpickles user data: a Python task's value and exception travel as the bytes
+the task's own process wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpiengine.placement import Placement
+from mpiengine.runner.process import Completion
+from mpiengine.runner.pyoutcome import read_python_outcome
+from mpiengine_sdk.states import TaskState
+from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage
+
+__all__ = ["result_from_completion", "result_without_run"]
+
+
+def _state(done: Completion) -> TaskState:
+    if done.error:
+        return TaskState.FAILED
+    if done.cancelled:
+        return TaskState.CANCELLED
+    if done.timed_out:
+        return TaskState.TIMEOUT
+    return TaskState.COMPLETED
+
+
+def result_from_completion(
+    task: TaskMessage,
+    placement: Placement,
+    done: Completion,
+    *,
+    job_id: str = "",
+    attempts: int = 1,
+) -> ResultMessage:
+    """The result of a task that was started (it may have failed, timed out or been killed)."""
+    state = _state(done)
+    fields: dict[str, object] = {}
+    if done.error:
+        fields.update(error_type="LaunchError", error_message=done.error)
+    elif task.kind in (TaskKind.PYTHON, TaskKind.MPI_PYTHON) and state is TaskState.COMPLETED:
+        py = read_python_outcome(Path(done.sandbox))
+        if py.value is not None:
+            fields["value"] = py.value
+        elif py.error_type:
+            state = TaskState.FAILED
+            fields.update(
+                error_type=py.error_type,
+                error_message=py.error_message,
+                error_traceback=py.error_traceback,
+                error_payload=py.error_payload,
+            )
+        else:
+            state = TaskState.FAILED
+            fields.update(
+                error_type="TaskFailed",
+                error_message=(
+                    f"Python task exited with code {done.returncode} without a result "
+                    "(crashed or killed); see stderr"
+                ),
+            )
+    elif state is TaskState.TIMEOUT:
+        fields.update(
+            error_type="TaskTimeout",
+            error_message=f"walltime of {placement.walltime} s expired; process tree killed",
+        )
+    return ResultMessage(
+        task_id=task.task_id,
+        state=state,
+        returncode=done.returncode,
+        stdout=done.stdout,
+        stderr=done.stderr,
+        stdout_path=done.stdout_path,
+        stderr_path=done.stderr_path,
+        sandbox=done.sandbox,
+        argv=done.argv,
+        nodes=placement.nodes,
+        num_ranks=(placement.num_ranks if task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON) else 1),
+        started=done.started,
+        ended=done.ended,
+        block_id=placement.block_id,
+        job_id=job_id,
+        attempts=attempts,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def result_without_run(
+    task_id: str, state: TaskState, error_type: str, message: str, **extra: object
+) -> ResultMessage:
+    """The result of a task that never started (refused, cancelled while queued, lost)."""
+    return ResultMessage(
+        task_id=task_id,
+        state=state,
+        error_type=error_type,
+        error_message=message,
+        **extra,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,352 @@
+"""The scheduling policy: priority with aging, FIFO among equals, EASY backfill.
+
+How ``schedule(now)`` decides, in order:
+
+1. Tasks are ordered by the key ``(submit_time - priority * aging_interval, arrival)``: higher
+   priority first, FIFO among equals, and a task that has waited ``aging_interval`` seconds
+   counts as one priority level higher, so a stream of higher-priority tasks cannot starve
+   it. The key never changes, so the queue is never re-sorted.
+2. The first waiting task (the head) starts as soon as it fits in one block: on each of
+   ``num_nodes`` nodes it needs ``ranks_per_node * cpus_per_rank`` free cores and
+   ``ranks_per_node * gpus_per_rank`` free GPUs (wholly free nodes if ``exclusive``), and it
+   must end within the block's walltime. Then the next task is the head, and so on.
+3. When the head does not fit, it gets a reservation (see :meth:`BlockPool.earliest`): the
+   earliest time and the nodes at which it will fit, from running tasks' estimated ends
+   (start + walltime; the block's end for tasks without walltime; never, for those on an
+   unlimited block, whose nodes are then still kept for the head).
+4. Backfill: up to ``backfill_depth`` later tasks may start now, in order, if they fit and
+   cannot delay the head: they end by the reservation time, or they avoid its nodes. A task
+   without walltime never ends "by" a reservation, so it may only avoid its nodes.
+5. A task that no current block can hold (too large, or too long for what is left of every
+   block) waits for a new block without blocking the others (no reservation then).
+
+Liveness: the head only waits for running tasks, which end, and backfill never takes what its
+reservation needs; every task becomes the head in finite time. So ``backfill_depth`` bounds the
+work per call without risking starvation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from heapq import heappop, heappush
+
+from mpiengine.placement import Placement
+
+from .admission import check_fits
+from .fit import find_fit, start
+from .model import BlockInfo, BlockShape, Demand, Reservation, TaskRequest
+from .pool import BlockPool
+from .reservation import Res, reserve
+from .taskqueue import Entry, Shape, TaskQueue, covered, covers, shape_of
+
+__all__ = ["Scheduler"]
+
+_MEMO_LIMIT = 4096
+
+
+class Scheduler:
+    """Maps waiting tasks onto the free node/core/GPU slots of the blocks. Pure policy.
+
+    No clock, no I/O, no threads: the caller passes ``now`` and tells it what happened
+    (blocks added or gone, tasks submitted, cancelled or ended); :meth:`schedule` answers
+    with the placements to launch.
+
+    Args:
+        aging_interval: seconds of waiting worth one priority level (> 0, finite).
+        backfill_depth: how many task shapes after the head's one call may try to backfill
+            (0 disables backfill; tasks of one shape are tried as one). It bounds the work per
+            call; the head always progresses, so no task starves whatever the depth.
+
+    Raises:
+        ValueError: an argument is out of range.
+    """
+
+    def __init__(self, *, aging_interval: float = 600.0, backfill_depth: int = 16) -> None:
+        if not (0 < aging_interval < math.inf):
+            raise ValueError(f"aging_interval={aging_interval!r}: must be finite and > 0")
+        if backfill_depth < 0:
+            raise ValueError(f"backfill_depth={backfill_depth!r}: must be >= 0")
+        self._aging = float(aging_interval)
+        self._depth = backfill_depth
+        self._pools: dict[str, BlockPool] = {}
+        self._queue = TaskQueue()
+        self._running: dict[str, BlockPool] = {}
+        self._seq = 0
+        self._res: Res | None = None
+        # Failure memos: a shape that failed at tick t fails again on every block not
+        # released since t (under the same reservation, for backfill).
+        self._tick = 0
+        self._head_failed: tuple[int, int] = (-1, -1)
+        self._memo: dict[Shape, int] = {}
+        self._memo_res: Res | None = None
+        self._memo_free: dict[Shape, int] = {}  # failures whatever the reservation
+        self._res_mattered = False  # the last failed _place skipped reserved nodes
+        self._last_pass = -1  # the tick of the last backfill pass
+
+    # -- blocks ----------------------------------------------------------------------------
+
+    def add_block(self, block: BlockInfo) -> None:
+        """Make a block's nodes available.
+
+        Raises:
+            ValueError: a block with this id is already known.
+        """
+        if block.block_id in self._pools:
+            raise ValueError(f"block {block.block_id!r} was already added")
+        self._tick += 1
+        self._pools[block.block_id] = BlockPool(block, self._tick)
+        self._res = None  # the head may start earlier on the new block
+
+    def remove_block(self, block_id: str) -> list[str]:
+        """Forget a block (it ended or was lost).
+
+        Returns:
+            the ids of the tasks that were running on it, in start order; they no longer hold
+            slots (resubmit them to retry).
+
+        Raises:
+            KeyError: no such block.
+        """
+        pool = self._pools.pop(block_id)
+        for task_id in pool.tasks:
+            del self._running[task_id]
+        if self._res is not None and self._res.pool is pool:
+            self._res = None
+        return list(pool.tasks)
+
+    def idle_blocks(self) -> list[str]:
+        """Ids of the blocks that run no task (candidates for release), oldest first."""
+        return [block_id for block_id, pool in self._pools.items() if not pool.tasks]
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def check_fits(req: TaskRequest, shapes: Iterable[BlockShape]) -> None:
+        """Refuse at submit a task that no block of ``shapes`` can ever hold.
+
+        Raises:
+            TaskTooLarge: see :func:`mpiengine.scheduler.check_fits`.
+        """
+        check_fits(req, shapes)
+
+    def submit(self, req: TaskRequest) -> None:
+        """Queue a task. Call :meth:`check_fits` first: a task no block holds waits forever.
+
+        Raises:
+            ValueError: a task with this id is already waiting or running.
+        """
+        task_id = req.task_id
+        if task_id in self._queue or task_id in self._running:
+            raise ValueError(f"task {task_id!r} is already waiting or running")
+        self._seq += 1
+        key = req.submit_time - req.priority * self._aging
+        self._queue.add((key, self._seq, task_id, shape_of(req)), req)
+
+    def cancel(self, task_id: str) -> bool:
+        """Remove a waiting task.
+
+        Returns:
+            True if it was waiting; False if it is running (kill it, then :meth:`release`)
+            or unknown.
+        """
+        if task_id not in self._queue:
+            return False
+        self._queue.remove(task_id)
+        return True
+
+    def release(self, task_id: str) -> bool:
+        """A running task ended (or was killed): free its slots.
+
+        Returns:
+            True if it was running; False if unknown (for example already released by
+            :meth:`remove_block`), so a repeated end notice is harmless.
+        """
+        pool = self._running.pop(task_id, None)
+        if pool is None:
+            return False
+        self._tick += 1
+        pool.give(task_id, self._tick)
+        return True
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """How many tasks wait."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """How many tasks run."""
+        return len(self._running)
+
+    def is_waiting(self, task_id: str) -> bool:
+        """Whether the task is queued."""
+        return task_id in self._queue
+
+    def is_running(self, task_id: str) -> bool:
+        """Whether the task holds slots."""
+        return task_id in self._running
+
+    @property
+    def reservation(self) -> Reservation | None:
+        """The head task's current reservation, if :meth:`schedule` computed one."""
+        res = self._res
+        first = self._queue.first()
+        if res is None or first is None or first[1] != res.seq:
+            return None
+        if res.pool is None:
+            return Reservation(res.task_id, None, res.time, ())
+        names = res.pool.info.nodes
+        return Reservation(
+            res.task_id,
+            res.pool.info.block_id,
+            res.time,
+            tuple(names[i] for i in sorted(res.nodes)),
+        )
+
+    def demand(self, now: float) -> Demand:
+        """What the waiting tasks need beyond what is free (for scaling out).
+
+        Args:
+            now: the current time (whether the head fits what is left of each block).
+        """
+        free = sum(pool.free_nodes() for pool in self._pools.values())
+        stuck = False
+        first = self._queue.first()
+        if first is not None:
+            head = self._queue.request(first[2])
+            stuck = not any(
+                pool.need(head) is not None and pool.time_ok(now, head.walltime)
+                for pool in self._pools.values()
+            )
+        wanted = self._queue.waiting_nodes
+        return Demand(
+            waiting_tasks=len(self._queue),
+            waiting_nodes=wanted,
+            free_nodes=free,
+            extra_nodes=max(0, wanted - free),
+            largest_task_nodes=self._queue.largest_nodes(),
+            head_needs_new_block=stuck,
+        )
+
+    # -- the policy ------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> list[Placement]:
+        """Start what may start now: the head tasks that fit, then backfill.
+
+        Never raises for any state reached through the public methods. Bounded work: one fit
+        check per started task and per shape tried (at most ``backfill_depth`` shapes), plus
+        one reservation per new head. A shape that failed before is re-checked only on the
+        blocks where tasks ended since (fewer free slots and a later ``now`` never help).
+
+        Args:
+            now: the current time (the caller's clock, as used for walltimes and end times).
+
+        Returns:
+            the placements to launch, in decision order; those tasks are now running.
+        """
+        out: list[Placement] = []
+        queue = self._queue
+        while (first := queue.first()) is not None:
+            if not any(pool.free_cores for pool in self._pools.values()):
+                return out
+            task_id = first[2]
+            # (seq, tick): the same submission failed at that tick
+            since = self._head_failed[1] if self._head_failed[0] == first[1] else -1
+            placed = self._place(task_id, now, None, since)
+            if placed is None:
+                self._head_failed = (first[1], self._tick)
+                break
+            out.append(placed)
+        if first is None or not self._depth:
+            return out
+        res = self._reserve(first, now)
+        if res is not self._memo_res:  # failures under another reservation say nothing
+            self._memo_res = res
+            self._memo.clear()
+        if len(self._memo_free) > _MEMO_LIMIT:  # shapes come and go: forget old ones
+            self._memo_free.clear()
+        self._backfill(first, now, res, out)
+        return out
+
+    def _backfill(self, first: Entry, now: float, res: Res, out: list[Placement]) -> None:
+        """Start later tasks that cannot delay the head (``res``), appending to ``out``."""
+        queue = self._queue
+        memo, memo_free = self._memo, self._memo_free
+        # The most free cores on one node and wholly free nodes in one block, over all blocks
+        # and over those released since the last pass (the only ones where a shape that
+        # failed then may fit now). Taken once per pass: placements only shrink them, so a
+        # stale value lets through a task that then fails, never refuses one that fits.
+        last, self._last_pass = self._last_pass, self._tick
+        cap_cores = cap_whole = new_cores = new_whole = 0
+        for pool in self._pools.values():
+            cores, whole = pool.caps()
+            cap_cores = cores if cores > cap_cores else cap_cores
+            cap_whole = whole if whole > cap_whole else cap_whole
+            if pool.dirty > last:
+                new_cores = cores if cores > new_cores else new_cores
+                new_whole = whole if whole > new_whole else new_whole
+        # The head failed with no reservation to respect: whatever covers its shape fails too.
+        failed: list[Shape] = [first[3]]
+        # The next class heads in order; a placed task's successor in its class joins them.
+        todo = queue.class_heads(self._depth + 1)
+        todo.reverse()
+        todo.pop()  # the head
+        later: list[Entry] = []  # successors, a heap
+        for _ in range(self._depth):
+            if later and (not todo or later[0] < todo[-1]):
+                entry = heappop(later)
+            elif todo:
+                entry = todo.pop()
+            else:
+                break
+            shape = entry[3]
+            since_res = memo.get(shape, -1)
+            since_free = memo_free.get(shape, -1)
+            since = since_res if since_res > since_free else since_free
+            if since >= last:  # failed at or after the last pass: only new room can help
+                if shape[0] > new_whole if shape[4] else shape[1] > new_cores:
+                    continue
+            elif shape[0] > cap_whole if shape[4] else shape[1] > cap_cores:
+                continue
+            if covered(failed, shape):
+                continue
+            placed = self._place(entry[2], now, res, since)
+            if placed is None:
+                memo[shape] = self._tick
+                # Whatever the reservation only if the blocks skipped failed so too.
+                if not self._res_mattered and since_free >= since_res:
+                    memo_free[shape] = self._tick
+                failed = [f for f in failed if not covers(shape, f)]
+                failed.append(shape)
+                continue
+            out.append(placed)
+            successor = queue.class_head(shape)
+            if successor is not None:
+                heappush(later, successor)
+
+    def _place(self, task_id: str, now: float, res: Res | None, since: int) -> Placement | None:
+        """Start a waiting task now if it fits (see :func:`find_fit`), else None."""
+        req = self._queue.request(task_id)
+        fit, self._res_mattered = find_fit(self._pools.values(), req, now, res, since)
+        if fit is None:
+            return None
+        self._queue.remove(task_id)
+        self._seq += 1
+        self._running[task_id] = fit[0]
+        return start(req, fit, now, self._seq)
+
+    def _reserve(self, first: Entry, now: float) -> Res:
+        """The head's reservation: cached while the head, the blocks and its time hold.
+
+        A cached reservation stays valid as tasks end early (its nodes only get freer) and as
+        tasks are backfilled (they respect it); only its time may then be later than a fresh
+        one would be, which is still a guarantee.
+        """
+        res = self._res
+        if res is None or res.seq != first[1] or res.time < now:
+            head = self._queue.request(first[2])
+            res = self._res = reserve(self._pools.values(), head, first[1], now)
+        return res

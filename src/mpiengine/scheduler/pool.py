@@ -1,0 +1,311 @@
+"""One block's slots: free cores and GPUs per node, indexed for fast fitting, and its running tasks.
+
+Nodes are numbered 0..N-1 in the block's node order. Per node the pool keeps the sorted lists of
+its free core and GPU ids (a task takes the lowest); nodes with a free core sit in a bucket keyed
+by ``(free cores, free gpus)``, and the non-empty keys are kept sorted. A request needing
+``(c, g)`` per node therefore scans only keys >= ``(c, g)``: the partly used nodes with the
+fewest spare cores first (best fit), wholly free nodes last, which keeps whole nodes for large
+tasks. Every choice is deterministic (sets of ints iterate in a fixed order).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, insort
+from itertools import islice
+
+from .model import BlockInfo, TaskRequest
+from .sortedlist import SortedList
+
+__all__ = ["BlockPool", "Running"]
+
+Need = tuple[int, int]
+
+
+class Running:
+    """A running task's holding in one pool: its nodes and, per node, the core and GPU ids."""
+
+    __slots__ = ("cores", "end", "gpus", "ncores", "ngpus", "nodes", "seq", "task_id", "whole")
+
+    def __init__(
+        self,
+        task_id: str,
+        nodes: tuple[int, ...],
+        cores: tuple[tuple[int, ...], ...],
+        gpus: tuple[tuple[int, ...], ...],
+        need: Need,
+        whole: bool,
+        end: float,
+        seq: int,
+    ) -> None:
+        self.task_id = task_id
+        self.nodes = nodes
+        self.cores = cores
+        self.gpus = gpus
+        self.ncores, self.ngpus = need
+        self.whole = whole  # took every core of each node: nodes were wholly free
+        self.end = end  # estimated end: start + walltime, block end, or inf
+        self.seq = seq
+
+
+class BlockPool:
+    """The free slots and running tasks of one block."""
+
+    def __init__(self, info: BlockInfo, tick: int) -> None:
+        self.info = info
+        self.dirty = tick  # the scheduler's tick when slots were last freed here
+        count = len(info.nodes)
+        self.size = count
+        self.cpn = cpn = info.cores_per_node
+        self.gpn = gpn = info.gpus_per_node
+        self.full_key: Need = (cpn, gpn)
+        # Free core and GPU ids per node, sorted. A wholly free or wholly taken node may share
+        # one list with others (these are never changed in place); a partly used node owns its.
+        self._all_c = list(range(cpn))
+        self._all_g = list(range(gpn))
+        self._none: list[int] = []
+        self.cores = [self._all_c] * count
+        self.gpus = [self._all_g] * count
+        self.buckets: dict[Need, set[int]] = {self.full_key: set(range(count))}
+        self.keys: list[Need] = [self.full_key]
+        self.free_cores = cpn * count
+        self.tasks: dict[str, Running] = {}
+        self.ends: SortedList[tuple[float, int, str]] = SortedList()  # (end, seq, task id)
+        self._ids = [tuple(range(k)) for k in range(max(cpn, gpn) + 1)]
+
+    # -- questions -------------------------------------------------------------------------
+
+    def need(self, req: TaskRequest) -> Need | None:
+        """Cores and GPUs ``req`` takes per node here; None if this block can never hold it."""
+        c, g = req.cores_per_node, req.gpus_per_node
+        if req.num_nodes > self.size or c > self.cpn or g > self.gpn:
+            return None
+        return self.full_key if req.exclusive else (c, g)
+
+    def time_ok(self, start: float, walltime: float | None) -> bool:
+        """Whether a task starting at ``start`` ends within the block's walltime."""
+        end = self.info.end_time
+        if end is None:
+            return True
+        return start < end if walltime is None else start + walltime <= end
+
+    def caps(self) -> tuple[int, int]:
+        """The most free cores on one node, and how many nodes are wholly free."""
+        keys = self.keys
+        if not keys:
+            return 0, 0
+        return keys[-1][0], len(self.buckets.get(self.full_key, ()))
+
+    def free_nodes(self) -> int:
+        """Nodes wholly free now."""
+        return len(self.buckets.get(self.full_key, ()))
+
+    def collect(
+        self, n: int, need: Need, exclude: frozenset[int] | None
+    ) -> tuple[list[int], int, bool]:
+        """Up to ``n`` nodes that fit ``need`` now, best fit first, skipping ``exclude``.
+
+        Returns:
+            the nodes (fewer than ``n`` when they do not fit), how many of them are wholly
+            free, and whether a fitting node was skipped because it is in ``exclude``.
+        """
+        c, g = need
+        out: list[int] = []
+        whole = 0
+        skipped = False
+        keys = self.keys
+        for k in range(bisect_left(keys, need), len(keys)):
+            key = keys[k]
+            if key[1] < g:
+                continue
+            bucket = self.buckets[key]
+            before = len(out)
+            if exclude is None:
+                out.extend(islice(bucket, n - before))
+            else:
+                for i in bucket:
+                    if i in exclude:
+                        skipped = True
+                    else:
+                        out.append(i)
+                        if len(out) == n:
+                            break
+            if key == self.full_key:
+                whole = len(out) - before
+            if len(out) >= n:
+                break
+        return out, whole, skipped
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def _move(self, i: int, old: Need, new: Need) -> None:
+        # A node with no free core can hold nothing (every task takes >= 1 core): no bucket.
+        if old[0]:
+            bucket = self.buckets[old]
+            bucket.discard(i)
+            if not bucket:
+                del self.buckets[old]
+                del self.keys[bisect_left(self.keys, old)]
+        if new[0]:
+            found = self.buckets.get(new)
+            if found is None:
+                self.buckets[new] = {i}
+                insort(self.keys, new)
+            else:
+                found.add(i)
+
+    def take(
+        self, task_id: str, nodes: list[int], need: Need, end: float, seq: int
+    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """Give ``nodes`` (which fit ``need``) to a task estimated to end at ``end``.
+
+        Returns:
+            per node, the core ids and the GPU ids taken (the lowest free ones).
+        """
+        c, g = need
+        if c == self.cpn:
+            return self._take_whole(task_id, nodes, g, end, seq)
+        cids, gids = [], []
+        for i in nodes:
+            free_c, free_g = self.cores[i], self.gpus[i]
+            oc, og = len(free_c), len(free_g)
+            cids.append(tuple(free_c[:c]))
+            gids.append(tuple(free_g[:g]))
+            if oc == self.cpn:  # the list may be shared: replace, do not change it
+                self.cores[i] = free_c[c:]
+                self.gpus[i] = free_g[g:]
+            else:
+                del free_c[:c]
+                del free_g[:g]
+            self._move(i, (oc, og), (oc - c, og - g))
+        cores, gpus = tuple(cids), tuple(gids)
+        self._add(Running(task_id, tuple(nodes), cores, gpus, need, False, end, seq))
+        return cores, gpus
+
+    def _take_whole(
+        self, task_id: str, nodes: list[int], g: int, end: float, seq: int
+    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        # Every core of wholly free nodes: batch the bucket update (large tasks, 64+ nodes).
+        rest_g = self._all_g[g:] if g else self._none
+        cores_of, gpus_of, none = self.cores, self.gpus, self._none
+        for i in nodes:
+            cores_of[i] = none
+            gpus_of[i] = rest_g
+        full = self.buckets[self.full_key]
+        full.difference_update(nodes)
+        if not full:
+            del self.buckets[self.full_key]
+            self.keys.pop()  # the full key is the largest
+        count = len(nodes)
+        cores = (self._ids[self.cpn],) * count
+        gpus = (self._ids[g],) * count
+        self._add(Running(task_id, tuple(nodes), cores, gpus, (self.cpn, g), True, end, seq))
+        return cores, gpus
+
+    def _add(self, run: Running) -> None:
+        self.tasks[run.task_id] = run
+        self.ends.add((run.end, run.seq, run.task_id))
+        self.free_cores -= run.ncores * len(run.nodes)
+
+    def give(self, task_id: str, tick: int) -> None:
+        """Free the slots of a running task (at the scheduler's ``tick``).
+
+        Raises:
+            KeyError: the task is not running here.
+        """
+        run = self.tasks.pop(task_id)
+        self.dirty = tick
+        self.ends.remove((run.end, run.seq, task_id))
+        c, g = run.ncores, run.ngpus
+        self.free_cores += c * len(run.nodes)
+        if run.whole:
+            cores_of, gpus_of, all_c, all_g = self.cores, self.gpus, self._all_c, self._all_g
+            for i in run.nodes:
+                cores_of[i] = all_c
+                gpus_of[i] = all_g
+            full = self.buckets.get(self.full_key)
+            if full is None:
+                self.buckets[self.full_key] = set(run.nodes)
+                self.keys.append(self.full_key)
+            else:
+                full.update(run.nodes)
+            return
+        for i, ci, gi in zip(run.nodes, run.cores, run.gpus, strict=True):
+            free_c, free_g = self.cores[i], self.gpus[i]
+            oc, og = len(free_c), len(free_g)
+            free_c.extend(ci)
+            free_c.sort()
+            if gi:
+                free_g.extend(gi)
+                free_g.sort()
+            self._move(i, (oc, og), (oc + c, og + g))
+
+    # -- reservations ----------------------------------------------------------------------
+
+    def earliest(
+        self, n: int, need: Need, now: float, walltime: float | None, limit: float
+    ) -> tuple[float, list[int]] | None:
+        """When ``n`` nodes fitting ``need`` are first free, from running tasks' estimated ends.
+
+        Walks running tasks in end order, adding back their slots, until ``n`` nodes fit. The
+        result is exact for the estimates (a node fits iff its own free cores and GPUs do).
+
+        Args:
+            n: nodes wanted.
+            need: cores and GPUs per node.
+            now: the current time.
+            walltime: the task's walltime (the block must outlast start + walltime).
+            limit: give up beyond this time (a better block was already found).
+
+        Returns:
+            (time, n nodes), with time ``math.inf`` when tasks that never end (no walltime, on
+            an unlimited block) must end first: the nodes are then the fitting ones and then
+            the lowest-numbered others, a stable choice; or None when this block cannot start
+            the task within its walltime or by ``limit``.
+        """
+        chosen, _, _ = self.collect(n, need, None)
+        if len(chosen) >= n:
+            return (now, chosen) if self.time_ok(now, walltime) else None
+        seen = set(chosen)
+        proj: dict[int, tuple[int, int]] = {}
+        for end, _seq, task_id in self.ends:
+            if end > limit or end == math.inf:
+                break
+            if not self.time_ok(end, walltime):
+                return None
+            run = self.tasks[task_id]
+            if run.whole:  # wholly held nodes come back wholly free
+                chosen.extend(run.nodes)
+                seen.update(run.nodes)
+            else:
+                self._project(run, need, proj, seen, chosen)
+            if len(chosen) >= n:
+                return end, chosen[:n]
+        if limit < math.inf or not self.time_ok(math.inf, walltime):
+            return None
+        for i in range(self.size):
+            if len(chosen) >= n:
+                break
+            if i not in seen:
+                chosen.append(i)
+        return math.inf, chosen
+
+    def _project(
+        self,
+        run: Running,
+        need: Need,
+        proj: dict[int, tuple[int, int]],
+        seen: set[int],
+        chosen: list[int],
+    ) -> None:
+        """Add back ``run``'s slots to the projected free counts ``proj``; append to
+        ``chosen`` (and ``seen``) the nodes that come to fit ``need``."""
+        c, g = need
+        for i in run.nodes:
+            pc, pg = proj.get(i) or (len(self.cores[i]), len(self.gpus[i]))
+            pc += run.ncores
+            pg += run.ngpus
+            proj[i] = (pc, pg)
+            if pc >= c and pg >= g and i not in seen:
+                seen.add(i)
+                chosen.append(i)

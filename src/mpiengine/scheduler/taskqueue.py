@@ -1,0 +1,146 @@
+"""The waiting tasks, grouped by shape so that backfill looks at each shape once.
+
+Two tasks of the same :data:`Shape` (nodes, cores and GPUs per node, exclusivity, walltime)
+fit exactly the same free slots, so if the first of them cannot start, neither can the others.
+The queue therefore keeps, per shape, a sorted list of its tasks, and a sorted list of each
+shape's first task (its *class head*). The first class head is the head of the whole queue; backfill
+walks the class heads in order. 100,000 waiting tasks of a few hundred shapes cost a backfill
+pass a few hundred steps at most, and it is FIFO among equal shapes by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .model import TaskRequest
+from .sortedlist import SortedList
+
+__all__ = ["Entry", "Shape", "TaskQueue", "covered", "covers", "shape_of"]
+
+# (nodes, cores per node, gpus per node, walltime or inf, exclusive)
+Shape = tuple[int, int, int, float, bool]
+
+# (order key, sequence number, task id, shape): (key, seq) is unique, so the rest is never
+# compared. The shape rides along so that a scan needs no lookup per task.
+Entry = tuple[float, int, str, Shape]
+
+
+def shape_of(req: TaskRequest) -> Shape:
+    """What decides where ``req`` fits: its shape."""
+    walltime = math.inf if req.walltime is None else req.walltime
+    return (req.num_nodes, req.cores_per_node, req.gpus_per_node, walltime, req.exclusive)
+
+
+def covers(small: Shape, big: Shape) -> bool:
+    """Whether ``big`` needs at least what ``small`` needs in every respect: if ``small`` cannot
+    start, neither can ``big``.
+
+    Exclusive is harder than shared with the same or fewer cores and GPUs (a wholly free
+    node of a block fitting the larger request also fits the smaller), but not than shared
+    with more cores (partly used nodes may have them). No walltime (inf) is not simply the
+    longest: such a task may still start on a block that ends before ``now + walltime`` of a
+    finite one, so only another no-walltime shape covers it.
+    """
+    if small[4] and not big[4]:
+        return False
+    if big[3] == math.inf and small[3] != math.inf:
+        return False
+    return small[0] <= big[0] and small[1] <= big[1] and small[2] <= big[2] and small[3] <= big[3]
+
+
+def covered(failed: list[Shape], shape: Shape) -> bool:
+    """Whether any of ``failed`` is covered by ``shape`` (:func:`covers`, inlined: hot)."""
+    n, c, g, walltime, exclusive = shape
+    for small in failed:
+        if small[4] and not exclusive:
+            continue
+        if walltime == math.inf and small[3] != math.inf:
+            continue
+        if small[0] <= n and small[1] <= c and small[2] <= g and small[3] <= walltime:
+            return True
+    return False
+
+
+class TaskQueue:
+    """Waiting tasks in order of their :data:`Entry` (key, sequence, id, shape), by shape."""
+
+    __slots__ = ("_classes", "_heads", "_node_counts", "_tasks", "waiting_nodes")
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, tuple[Entry, TaskRequest]] = {}
+        self._classes: dict[Shape, SortedList[Entry]] = {}  # the tasks of each shape
+        self._heads: SortedList[Entry] = SortedList()  # the first entry of each class
+        self._node_counts: dict[int, int] = {}  # num_nodes of waiting tasks -> how many
+        self.waiting_nodes = 0  # sum of num_nodes of waiting tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._tasks
+
+    def request(self, task_id: str) -> TaskRequest:
+        """The request of a waiting task (KeyError if not waiting)."""
+        return self._tasks[task_id][1]
+
+    def largest_nodes(self) -> int:
+        """The most nodes one waiting task needs (0 if none waits)."""
+        return max(self._node_counts, default=0)
+
+    def add(self, entry: Entry, req: TaskRequest) -> None:
+        """Queue ``req`` at ``entry``, whose id is ``req.task_id`` (not yet waiting) and
+        whose shape is ``shape_of(req)``."""
+        shape = entry[3]
+        self._tasks[req.task_id] = (entry, req)
+        counts = self._node_counts
+        counts[req.num_nodes] = counts.get(req.num_nodes, 0) + 1
+        self.waiting_nodes += req.num_nodes
+        tasks = self._classes.get(shape)
+        if tasks is None:
+            tasks = self._classes[shape] = SortedList()
+        elif entry < tasks.first():
+            self._heads.remove(tasks.first())
+        else:
+            tasks.add(entry)
+            return
+        tasks.add(entry)
+        self._heads.add(entry)
+
+    def remove(self, task_id: str) -> TaskRequest:
+        """Take a task out of the queue.
+
+        Raises:
+            KeyError: it is not waiting.
+        """
+        entry, req = self._tasks.pop(task_id)
+        shape = entry[3]
+        self.waiting_nodes -= req.num_nodes
+        counts = self._node_counts
+        left = counts[req.num_nodes] - 1
+        if left:
+            counts[req.num_nodes] = left
+        else:
+            del counts[req.num_nodes]
+        tasks = self._classes[shape]
+        head = tasks.first() == entry
+        tasks.remove(entry)
+        if head:
+            self._heads.remove(entry)
+            if tasks:
+                self._heads.add(tasks.first())
+            else:
+                del self._classes[shape]
+        return req
+
+    def first(self) -> Entry | None:
+        """The entry of the queue's head task, or None if nothing waits."""
+        return self._heads.first() if len(self._heads) else None
+
+    def class_heads(self, count: int) -> list[Entry]:
+        """The first ``count`` class heads in order (the queue's head first)."""
+        return self._heads.head(count)
+
+    def class_head(self, shape: Shape) -> Entry | None:
+        """The first waiting task of ``shape``, or None."""
+        tasks = self._classes.get(shape)
+        return tasks.first() if tasks else None

@@ -1,0 +1,262 @@
+"""Run, stop, inspect and delete endpoint services: the library behind ``mpiengine endpoint``.
+
+A running endpoint is known by its pid file; a pid counts only if that process's command line
+names mpiengine and the endpoint (a recycled pid is not mistaken for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mpiengine.service.config import EndpointPaths, load_service_config
+from mpiengine.service.register import register
+from mpiengine.service.worker import EndpointService
+from mpiengine_sdk.client_config import mpiengine_home
+from mpiengine_sdk.errors import BackendError, ConfigError
+from mpiengine_sdk.remote.transport import PikaTransport
+
+__all__ = [
+    "delete_endpoint",
+    "endpoint_status",
+    "list_endpoints",
+    "running_pid",
+    "serve_foreground",
+    "start_detached",
+    "stop_endpoint",
+]
+
+log = logging.getLogger(__name__)
+
+
+def running_pid(paths: EndpointPaths) -> int | None:
+    """The pid of the running endpoint, or None."""
+    try:
+        pid = int(paths.pid.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    args = [a.decode(errors="replace") for a in cmdline]
+    if paths.name in args and any("mpiengine" in a for a in args):
+        return pid
+    return None
+
+
+def _configure_logging(paths: EndpointPaths, to_file: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if to_file:
+        handlers.append(logging.FileHandler(paths.log))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # our own warnings say it
+
+
+def serve_foreground(name: str, *, log_to_file: bool = True) -> None:
+    """Register if needed, then serve in this process until SIGTERM/SIGINT.
+
+    Raises:
+        ConfigError: not configured, or already running.
+        AuthenticationError, AuthorizationError, BackendError: broker or relay refusals.
+    """
+    paths = EndpointPaths.of(name)
+    config = load_service_config(paths.config)
+    other = running_pid(paths)
+    if other is not None and other != os.getpid():
+        raise ConfigError(name, f"endpoint {name!r} is already running (pid {other})")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    _configure_logging(paths, log_to_file)
+    transport = PikaTransport(config.relay, user=config.user, password=paths.password())
+    if not config.endpoint_id:
+        answer = register(transport, name)
+        config = config.replace(endpoint_id=str(answer["endpoint_id"]))
+        config.save(paths.config)
+        log.info("endpoint %s registered: id %s", name, config.endpoint_id)
+    service = EndpointService(config, paths, transport=transport)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        service.request_stop(_stop_grace(paths))
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    paths.pid.write_text(f"{os.getpid()}\n")
+    try:
+        service.run()
+    finally:
+        with contextlib.suppress(OSError):
+            paths.pid.unlink()
+        with contextlib.suppress(OSError):
+            (paths.root / "stop-grace").unlink()
+
+
+def _stop_grace(paths: EndpointPaths) -> float | None:
+    try:
+        return float((paths.root / "stop-grace").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_status(paths: EndpointPaths) -> dict[str, Any]:
+    try:
+        value = json.loads(paths.status.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def start_detached(name: str, timeout: float = 60.0) -> int:
+    """Start the endpoint in the background (its own session, output to its log).
+
+    Returns:
+        Its pid, once it serves (its status file says so).
+
+    Raises:
+        ConfigError: not configured, or already running.
+        BackendError: it exited or did not come up within ``timeout`` (the log's tail says why).
+    """
+    paths = EndpointPaths.of(name)
+    load_service_config(paths.config)
+    if running_pid(paths) is not None:
+        raise ConfigError(name, f"endpoint {name!r} is already running (pid {running_pid(paths)})")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "mpiengine.cli_remote", "endpoint", "start", "--foreground-child"]
+    pid = _spawn([*argv, name], paths.log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _read_status(paths)
+        if status.get("pid") == pid and status.get("state") == "running":
+            return pid
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise BackendError(f"endpoint {name!r} exited ({code}):\n{_tail(paths.log)}")
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise BackendError(
+        f"endpoint {name!r} did not start within {timeout:.0f} s:\n{_tail(paths.log)}"
+    )
+
+
+def _spawn(argv: list[str], log: Path) -> int:
+    """Start ``argv`` in its own session, output appended to ``log``; returns its pid.
+
+    posix_spawn, not Popen: the endpoint outlives this process, and a Popen object would
+    complain when it is collected with its child still running."""
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, null, 0),
+            (os.POSIX_SPAWN_DUP2, out, 1),
+            (os.POSIX_SPAWN_DUP2, out, 2),
+        ]
+        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True)
+    finally:
+        os.close(out)
+        os.close(null)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_endpoint(name: str, grace: float | None = None, timeout: float | None = None) -> bool:
+    """Stop a running endpoint: SIGTERM, then SIGKILL if it outlives grace + ``timeout``.
+
+    Returns:
+        False if it was not running.
+    """
+    paths = EndpointPaths.of(name)
+    pid = running_pid(paths)
+    if pid is None:
+        return False
+    config = load_service_config(paths.config)
+    wait = (grace if grace is not None else config.stop_grace) + (timeout or 15.0)
+    if grace is not None:
+        (paths.root / "stop-grace").write_text(f"{grace}\n")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if running_pid(paths) is None or not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.1)
+    log.warning("endpoint %s (pid %d) did not stop in %.0f s: killing it", name, pid, wait)
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pid)
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        paths.pid.unlink()
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the endpoint's exit status when this process started it (start --detach)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def endpoint_status(name: str) -> dict[str, Any]:
+    """The endpoint's config, whether it runs, and its last status."""
+    paths = EndpointPaths.of(name)
+    config = load_service_config(paths.config)
+    pid = running_pid(paths)
+    last = _read_status(paths)
+    return {
+        "name": name,
+        "endpoint_id": config.endpoint_id,
+        "relay": config.relay,
+        "user": config.user,
+        "engine": config.engine,
+        "running": pid is not None,
+        "pid": pid,
+        "last_status": last,
+    }
+
+
+def list_endpoints() -> list[dict[str, Any]]:
+    """Every configured endpoint under the mpiengine home, by name."""
+    home = mpiengine_home()
+    if not home.is_dir():
+        return []
+    found = []
+    for child in sorted(home.iterdir()):
+        if (child / "endpoint.yaml").is_file():
+            try:
+                found.append(endpoint_status(child.name))
+            except ConfigError as exc:
+                found.append({"name": child.name, "error": str(exc)})
+    return found
+
+
+def delete_endpoint(name: str, *, force: bool = False) -> None:
+    """Remove an endpoint's folder (config, credentials, logs, sandboxes).
+
+    Raises:
+        ConfigError: it is running and ``force`` is not set, or it does not exist.
+    """
+    paths = EndpointPaths.of(name)
+    if not paths.config.exists():
+        raise ConfigError(name, f"no endpoint {name!r} under {paths.root.parent}")
+    if running_pid(paths) is not None:
+        if not force:
+            raise ConfigError(name, f"endpoint {name!r} is running; stop it first (or --force)")
+        stop_endpoint(name, grace=0)
+    shutil.rmtree(paths.root)

@@ -1,0 +1,109 @@
+"""What runs an endpoint's tasks: a Backend chosen by name in the endpoint's config.
+
+- ``embedded``: ``mpiengine.embedded.EmbeddedEndpoint``: this host as virtual nodes.
+- ``null``: completes every task at once without running it (measures the relay alone).
+- ``package.module:factory``: any callable taking ``workdir=`` and the engine options and
+  returning a Backend (a Slurm-backed engine plugs in here). A ``status()`` method, if it has
+  one, feeds the heartbeats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dill
+
+from mpiengine_sdk.backend import Backend, ResultSink
+from mpiengine_sdk.errors import ConfigError
+from mpiengine_sdk.states import TaskState
+from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage
+
+__all__ = ["NullBackend", "backend_status", "make_backend"]
+
+_NONE = dill.dumps(None)
+
+
+class NullBackend:
+    """A Backend that reports every task COMPLETED at once (returncode 0, value None)."""
+
+    def __init__(self, **_options: Any) -> None:
+        self._sink: ResultSink | None = None
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def start(self, sink: ResultSink) -> None:
+        """Remember the sink."""
+        self._sink = sink
+
+    def submit(self, tasks: Sequence[TaskMessage]) -> None:
+        """Complete the tasks."""
+        assert self._sink is not None
+        for task in tasks:
+            python = task.kind in (TaskKind.PYTHON, TaskKind.MPI_PYTHON)
+            self._sink(
+                ResultMessage(
+                    task_id=task.task_id,
+                    state=TaskState.COMPLETED,
+                    returncode=None if python else 0,
+                    argv=task.argv,
+                    value=_NONE if python else b"",
+                    num_ranks=1,
+                )
+            )
+        with self._lock:
+            self._done += len(tasks)
+
+    def cancel(self, task_id: str) -> None:
+        """Nothing runs, so nothing to cancel."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Nothing to stop."""
+
+    def status(self) -> dict[str, Any]:
+        """Counts only."""
+        return {"blocks": 0, "nodes": 0, "waiting": 0, "running": 0, "completed": self._done}
+
+
+def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Backend:
+    """Build the engine an endpoint config names.
+
+    Raises:
+        ConfigError: unknown engine, a factory that cannot be imported, or bad options.
+    """
+    if engine == "null":
+        return NullBackend(**options)
+    if engine == "embedded":
+        from mpiengine.embedded import EmbeddedEndpoint
+
+        opts = dict(options)
+        opts.setdefault("workdir", workdir)
+        try:
+            return EmbeddedEndpoint(**opts)
+        except TypeError as exc:
+            raise ConfigError("engine_options", str(exc)) from exc
+    module_name, _, attr = engine.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            "engine", f"unknown engine {engine!r}", "embedded, null, or package.module:factory"
+        )
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("engine", f"cannot load {engine!r}: {exc}") from exc
+    backend: Backend = factory(workdir=workdir, **options)
+    return backend
+
+
+def backend_status(backend: Backend) -> dict[str, Any]:
+    """The engine's own status (blocks, nodes, waiting, running, ...) when it offers one."""
+    status = getattr(backend, "status", None)
+    if status is None:
+        return {}
+    value = status()
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    return dict(value) if isinstance(value, Mapping) else {}

@@ -1,0 +1,136 @@
+"""An endpoint whose blocks come from a batch system (Slurm, PBS Pro, or this host).
+
+``BatchEndpoint`` implements the SDK's Backend protocol like ``EmbeddedEndpoint``; the
+difference is where blocks come from: the :class:`~mpiengine.blocks.manager.BlockManager`
+obtains them through a Parsl provider, starts ``mpiengine agent`` in each job, and offers their
+nodes to the engine as agents connect. Tasks submitted before any block exists wait (a task
+larger than the configured block shape is refused at submit); the demand they create is what
+makes the manager request blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mpiengine.blocks.blockstate import BlockRecord
+from mpiengine.blocks.manager import BlockManager
+from mpiengine.blocks.provider import BlockProvider, make_provider
+from mpiengine.config import EndpointConfig, load_config
+from mpiengine.engine import Engine, EngineStatus
+from mpiengine.launchers import load_launcher
+from mpiengine.scheduler import BlockShape
+from mpiengine_sdk.backend import ResultSink
+from mpiengine_sdk.errors import BackendError
+from mpiengine_sdk.wire import TaskMessage
+
+__all__ = ["BatchEndpoint"]
+
+#: Runs first in every block's job: its start time bounds the block's end (walltime).
+_BLOCK_START = "export MPIENGINE_BLOCK_START=$(date +%s)"
+
+
+class BatchEndpoint:
+    """An endpoint with blocks from a batch system (implements the SDK's Backend protocol).
+
+    Args:
+        config: an EndpointConfig, a mapping or a YAML path (validated at load).
+        workdir: the endpoint's directory (default: the config's ``workdir``, else a fresh one
+            under ``MPIENGINE_HOME``/endpoints). Sandboxes go to ``tasks/``, block files to
+            ``blocks/``.
+        provider: where blocks come from (default: the Parsl provider the config names).
+        tick_interval: seconds between the block manager's scaling decisions.
+
+    Raises:
+        ConfigError: the config is invalid.
+    """
+
+    def __init__(
+        self,
+        config: EndpointConfig | dict[str, Any] | str | Path,
+        *,
+        workdir: str | Path | None = None,
+        provider: BlockProvider | None = None,
+        tick_interval: float = 0.5,
+    ) -> None:
+        self.config = config if isinstance(config, EndpointConfig) else load_config(config)
+        cfg = self.config
+        chosen = workdir if workdir is not None else cfg.workdir
+        self.workdir = Path(chosen).expanduser() if chosen is not None else _fresh_workdir()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._launcher = load_launcher(cfg.launcher_name, executable=cfg.launcher_executable)
+        self._provider = provider or make_provider(cfg, worker_init=_BLOCK_START)
+        self._shape = BlockShape(
+            num_nodes=cfg.nodes_per_block,
+            cores_per_node=cfg.cores,
+            gpus_per_node=cfg.gpus_per_node,
+            walltime=None if cfg.provider == "local" else float(cfg.walltime_seconds),
+        )
+        self._tick_interval = tick_interval
+        self._engine: Engine | None = None
+        self._manager: BlockManager | None = None
+
+    @property
+    def manager(self) -> BlockManager:
+        """The block manager (after start)."""
+        if self._manager is None:
+            raise BackendError("the endpoint is not started")
+        return self._manager
+
+    def start(self, sink: ResultSink) -> None:
+        """Start the engine, the agent server and the block manager."""
+        if self._engine is not None:
+            raise BackendError("the endpoint is already started")
+        manager = BlockManager(self.config, self._provider, self._launcher, self.workdir)
+        # base_env={}: a task's environment is its batch job's (the agent's), not this
+        # process's; the engine only adds the task's own variables.
+        engine = Engine(
+            workdir=self.workdir,
+            sink=sink,
+            shapes=[self._shape],
+            base_env={},
+            on_tick=manager.on_tick,
+            tick_interval=self._tick_interval,
+        )
+        manager.attach(engine)
+        engine.start()
+        self._engine, self._manager = engine, manager
+
+    def _require(self) -> Engine:
+        if self._engine is None:
+            raise BackendError("the endpoint is not started")
+        return self._engine
+
+    def submit(self, tasks: Sequence[TaskMessage]) -> None:
+        """Validate and queue tasks (see Engine.submit)."""
+        self._require().submit(tasks)
+
+    def cancel(self, task_id: str) -> None:
+        """Cancel a queued or running task."""
+        self._require().cancel(task_id)
+
+    def status(self) -> EngineStatus:
+        """Blocks, nodes, task counts and the last provider error."""
+        return self._require().status()
+
+    def blocks(self) -> list[BlockRecord]:
+        """Every block not yet gone: state, job id, nodes, end time."""
+        return self.manager.blocks()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the engine (with ``wait``, let tasks finish), then cancel every block's job."""
+        if self._engine is not None:
+            self._engine.shutdown(wait=wait)
+        if self._manager is not None:
+            self._manager.close()
+
+
+def _fresh_workdir() -> Path:
+    home = Path(os.environ.get("MPIENGINE_HOME", Path.home() / ".mpiengine"))
+    root = home / "endpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=root))
