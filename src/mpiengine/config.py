@@ -1,4 +1,4 @@
-"""The endpoint's YAML configuration, validated by ``schemas/endpoint.schema.json``.
+"""The endpoint's YAML configuration, validated by ``site-configs/endpoint.schema.json``.
 
 Every key has a default in the schema; a document may set any subset. What is refused, at load,
 with a :class:`ConfigError` naming the key, the problem and the allowed values:
@@ -24,17 +24,17 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
+from mpiengine.data import data_dir
 from mpiengine_sdk.errors import ConfigError
 
 __all__ = ["EndpointConfig", "load_config", "parse_walltime", "schema"]
-
-_SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "endpoint.schema.json"
 
 
 @functools.lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     """The endpoint config's JSON schema (checked against its metaschema once)."""
-    doc: dict[str, Any] = json.loads(_SCHEMA_PATH.read_text(encoding="utf-8"))
+    path = data_dir("site-configs") / "endpoint.schema.json"
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.validators.validator_for(doc).check_schema(doc)
     return doc
 
