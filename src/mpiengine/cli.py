@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
 import click
 
+from mpiengine.agent.cli import agent
+from mpiengine.cli_remote import endpoint, relay
 from mpiengine_sdk.errors import MPIEngineError
 
 __all__ = ["main"]
@@ -95,17 +96,7 @@ def demo(nodes: int, workdir: Path | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-def _mount(module: str, *names: str) -> None:
-    """Attach command groups that live in their own modules (agent, relay, endpoint)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return
-    for name in names:
-        cmd = getattr(mod, name, None)
-        if isinstance(cmd, click.Command):
-            main.add_command(cmd)
-
-
-_mount("mpiengine.agent.cli", "agent")
-_mount("mpiengine.cli_remote", "relay", "endpoint")
+# The agent, relay and endpoint command groups live in their own modules.
+main.add_command(agent)
+main.add_command(relay)
+main.add_command(endpoint)
