@@ -221,7 +221,11 @@ def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--user", default=None, help="The broker user the endpoint logs in as.")
 @click.option("--password-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
-@click.option("--engine", default=None, help="embedded (default), null, or module:factory.")
+@click.option(
+    "--engine",
+    default=None,
+    help="embedded (default), batch (blocks from Slurm/PBS/local), null, or module:factory.",
+)
 @click.option("--nodes", type=int, default=None, help="Embedded engine: virtual nodes.")
 @click.option("--cores-per-node", type=int, default=None, help="Embedded engine: cores each.")
 @click.option("--option", "options", multiple=True, help="Engine option KEY=VALUE (repeatable).")

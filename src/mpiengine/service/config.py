@@ -124,7 +124,8 @@ class ServiceConfig:
         relay: the broker URL (without credentials).
         user: the broker user the endpoint logs in as (its owner).
         endpoint_id: given by the relay at the first start (registration).
-        engine: what runs the tasks: ``embedded`` (this host as virtual nodes), ``null``
+        engine: what runs the tasks: ``embedded`` (this host as virtual nodes), ``batch``
+            (blocks from a batch system; options: endpoint config keys), ``null``
             (completes every task at once: relay benchmarks), or ``package.module:factory``
             (called with ``workdir=`` and the engine options; returns a Backend).
         engine_options: keyword arguments of the engine (``nodes``, ``cores_per_node``...).

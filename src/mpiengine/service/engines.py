@@ -1,6 +1,10 @@
 """What runs an endpoint's tasks: a Backend chosen by name in the endpoint's config.
 
 - ``embedded``: ``mpiengine.embedded.EmbeddedEndpoint``: this host as virtual nodes.
+- ``batch``: ``mpiengine.slurm_endpoint.BatchEndpoint``: blocks from a batch system (Slurm,
+  PBS Pro, or this host) through Parsl's providers. Its options are the endpoint config's keys
+  (``site-configs/endpoint.schema.json``), or ``config: PATH`` naming a YAML file of them;
+  either way they are validated when the service starts.
 - ``null``: completes every task at once without running it (measures the relay alone).
 - ``package.module:factory``: any callable taking ``workdir=`` and the engine options and
   returning a Backend (a Slurm-backed engine plugs in here). A ``status()`` method, if it has
@@ -85,10 +89,14 @@ def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Back
             return EmbeddedEndpoint(**opts)
         except TypeError as exc:
             raise ConfigError("engine_options", str(exc)) from exc
+    if engine == "batch":
+        return _batch_backend(options, workdir)
     module_name, _, attr = engine.partition(":")
     if not module_name or not attr:
         raise ConfigError(
-            "engine", f"unknown engine {engine!r}", "embedded, null, or package.module:factory"
+            "engine",
+            f"unknown engine {engine!r}",
+            "embedded, batch, null, or package.module:factory",
         )
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -96,6 +104,23 @@ def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Back
         raise ConfigError("engine", f"cannot load {engine!r}: {exc}") from exc
     backend: Backend = factory(workdir=workdir, **options)
     return backend
+
+
+def _batch_backend(options: Mapping[str, Any], workdir: Path) -> Backend:
+    """A BatchEndpoint from inline config keys or ``config: PATH`` (not both)."""
+    from mpiengine.config import load_config
+    from mpiengine.slurm_endpoint import BatchEndpoint
+
+    opts = dict(options)
+    path = opts.pop("config", None)
+    if path is not None and opts:
+        raise ConfigError(
+            "engine_options",
+            f"either config: PATH or inline keys, not both (got config and {sorted(opts)})",
+        )
+    config = load_config(Path(str(path)).expanduser() if path is not None else opts)
+    # The sandboxes and blocks/ go to the service's own work/ folder unless the config names one.
+    return BatchEndpoint(config, workdir=workdir if config.workdir is None else None)
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
