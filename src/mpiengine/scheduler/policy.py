@@ -38,11 +38,9 @@ from .fit import find_fit, start
 from .model import BlockInfo, BlockShape, Demand, Reservation, TaskRequest
 from .pool import BlockPool
 from .reservation import Res, reserve
-from .taskqueue import Entry, Shape, TaskQueue, covered, covers, shape_of
+from .taskqueue import Entry, Shape, TaskQueue, covered, covers
 
 __all__ = ["Scheduler"]
-
-_MEMO_LIMIT = 4096
 
 
 class Scheduler:
@@ -75,12 +73,10 @@ class Scheduler:
         self._seq = 0
         self._res: Res | None = None
         # Failure memos: a shape that failed at tick t fails again on every block not
-        # released since t (under the same reservation, for backfill).
+        # released since t (under the same reservation, for backfill); kept per shape in
+        # the queue's ShapeClass.
         self._tick = 0
         self._head_failed: tuple[int, int] = (-1, -1)
-        self._memo: dict[Shape, int] = {}
-        self._memo_res: Res | None = None
-        self._memo_free: dict[Shape, int] = {}  # failures whatever the reservation
         self._res_mattered = False  # the last failed _place skipped reserved nodes
         self._last_pass = -1  # the tick of the last backfill pass
 
@@ -141,7 +137,7 @@ class Scheduler:
             raise ValueError(f"task {task_id!r} is already waiting or running")
         self._seq += 1
         key = req.submit_time - req.priority * self._aging
-        self._queue.add((key, self._seq, task_id, shape_of(req)), req)
+        self._queue.add(key, self._seq, req)
 
     def cancel(self, task_id: str) -> bool:
         """Remove a waiting task.
@@ -262,19 +258,12 @@ class Scheduler:
             out.append(placed)
         if first is None or not self._depth:
             return out
-        res = self._reserve(first, now)
-        if res is not self._memo_res:  # failures under another reservation say nothing
-            self._memo_res = res
-            self._memo.clear()
-        if len(self._memo_free) > _MEMO_LIMIT:  # shapes come and go: forget old ones
-            self._memo_free.clear()
-        self._backfill(first, now, res, out)
+        self._backfill(first, now, self._reserve(first, now), out)
         return out
 
     def _backfill(self, first: Entry, now: float, res: Res, out: list[Placement]) -> None:
         """Start later tasks that cannot delay the head (``res``), appending to ``out``."""
         queue = self._queue
-        memo, memo_free = self._memo, self._memo_free
         # The most free cores on one node and wholly free nodes in one block, over all blocks
         # and over those released since the last pass (the only ones where a shape that
         # failed then may fit now). Taken once per pass: placements only shrink them, so a
@@ -289,7 +278,7 @@ class Scheduler:
                 new_cores = cores if cores > new_cores else new_cores
                 new_whole = whole if whole > new_whole else new_whole
         # The head failed with no reservation to respect: whatever covers its shape fails too.
-        failed: list[Shape] = [first[3]]
+        failed: list[Shape] = [first[3].shape]
         # The next class heads in order; a placed task's successor in its class joins them.
         todo = queue.class_heads(self._depth + 1)
         todo.reverse()
@@ -302,9 +291,11 @@ class Scheduler:
                 entry = todo.pop()
             else:
                 break
-            shape = entry[3]
-            since_res = memo.get(shape, -1)
-            since_free = memo_free.get(shape, -1)
+            cls = entry[3]
+            shape = cls.shape
+            # Failures under another reservation say nothing.
+            since_res = cls.failed_at if cls.failed_res is res else -1
+            since_free = cls.failed_free
             since = since_res if since_res > since_free else since_free
             if since >= last:  # failed at or after the last pass: only new room can help
                 if shape[0] > new_whole if shape[4] else shape[1] > new_cores:
@@ -315,17 +306,16 @@ class Scheduler:
                 continue
             placed = self._place(entry[2], now, res, since)
             if placed is None:
-                memo[shape] = self._tick
+                cls.failed_at, cls.failed_res = self._tick, res
                 # Whatever the reservation only if the blocks skipped failed so too.
                 if not self._res_mattered and since_free >= since_res:
-                    memo_free[shape] = self._tick
+                    cls.failed_free = self._tick
                 failed = [f for f in failed if not covers(shape, f)]
                 failed.append(shape)
                 continue
             out.append(placed)
-            successor = queue.class_head(shape)
-            if successor is not None:
-                heappush(later, successor)
+            if cls.tasks:  # its successor in the class
+                heappush(later, cls.tasks.first())
 
     def _place(self, task_id: str, now: float, res: Res | None, since: int) -> Placement | None:
         """Start a waiting task now if it fits (see :func:`find_fit`), else None."""

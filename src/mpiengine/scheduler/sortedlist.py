@@ -77,6 +77,20 @@ class SortedList(Generic[T]):
                 return
         raise KeyError(entry)
 
+    def pop_first(self) -> T:
+        """Delete and return the first entry (no search: the common removal).
+
+        Raises:
+            IndexError: the list is empty.
+        """
+        chunk = self._chunks[0]
+        entry = chunk.pop(0)
+        self._len -= 1
+        if not chunk:
+            del self._chunks[0]
+            del self._maxes[0]
+        return entry
+
     def first(self) -> T:
         """The first entry.
 

@@ -2,10 +2,11 @@
 
 Two tasks of the same :data:`Shape` (nodes, cores and GPUs per node, exclusivity, walltime)
 fit exactly the same free slots, so if the first of them cannot start, neither can the others.
-The queue therefore keeps, per shape, a sorted list of its tasks, and a sorted list of each
-shape's first task (its *class head*). The first class head is the head of the whole queue; backfill
-walks the class heads in order. 100,000 waiting tasks of a few hundred shapes cost a backfill
-pass a few hundred steps at most, and it is FIFO among equal shapes by construction.
+The queue therefore keeps, per shape, a :class:`ShapeClass`: its tasks in order, and what the
+scheduler remembers of the shape's failures; and a sorted list of each class's first task (its
+*class head*). The first class head is the head of the whole queue; backfill walks the class
+heads in order. 100,000 waiting tasks of a few hundred shapes cost a backfill pass a few
+hundred steps at most, and it is FIFO among equal shapes by construction.
 """
 
 from __future__ import annotations
@@ -15,14 +16,39 @@ import math
 from .model import TaskRequest
 from .sortedlist import SortedList
 
-__all__ = ["Entry", "Shape", "TaskQueue", "covered", "covers", "shape_of"]
+__all__ = ["Entry", "Shape", "ShapeClass", "TaskQueue", "covered", "covers", "shape_of"]
 
 # (nodes, cores per node, gpus per node, walltime or inf, exclusive)
 Shape = tuple[int, int, int, float, bool]
 
-# (order key, sequence number, task id, shape): (key, seq) is unique, so the rest is never
-# compared. The shape rides along so that a scan needs no lookup per task.
-Entry = tuple[float, int, str, Shape]
+
+class ShapeClass:
+    """The waiting tasks of one shape, in order, and the failure memos of the shape.
+
+    The memos live here rather than in dicts keyed by shape: a shape is a tuple whose hash is
+    recomputed at every lookup, and backfill consults them for every shape it walks.
+
+    Attributes:
+        shape: the shape.
+        tasks: its waiting tasks' entries, in order.
+        failed_at: the scheduler tick at which the shape last failed under ``failed_res``.
+        failed_res: the reservation (compared by identity) of that failure.
+        failed_free: the tick at which it last failed whatever the reservation (-1: never).
+    """
+
+    __slots__ = ("failed_at", "failed_free", "failed_res", "shape", "tasks")
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.tasks: SortedList[Entry] = SortedList()
+        self.failed_at = -1
+        self.failed_res: object = None
+        self.failed_free = -1
+
+
+# (order key, sequence number, task id, shape class): (key, seq) is unique, so the rest is
+# never compared. The class rides along so that a scan needs no lookup per task.
+Entry = tuple[float, int, str, ShapeClass]
 
 
 def shape_of(req: TaskRequest) -> Shape:
@@ -62,13 +88,13 @@ def covered(failed: list[Shape], shape: Shape) -> bool:
 
 
 class TaskQueue:
-    """Waiting tasks in order of their :data:`Entry` (key, sequence, id, shape), by shape."""
+    """Waiting tasks in order of their :data:`Entry` (key, sequence, id, class), by shape."""
 
     __slots__ = ("_classes", "_heads", "_node_counts", "_tasks", "waiting_nodes")
 
     def __init__(self) -> None:
         self._tasks: dict[str, tuple[Entry, TaskRequest]] = {}
-        self._classes: dict[Shape, SortedList[Entry]] = {}  # the tasks of each shape
+        self._classes: dict[Shape, ShapeClass] = {}  # the classes with a waiting task
         self._heads: SortedList[Entry] = SortedList()  # the first entry of each class
         self._node_counts: dict[int, int] = {}  # num_nodes of waiting tasks -> how many
         self.waiting_nodes = 0  # sum of num_nodes of waiting tasks
@@ -87,24 +113,27 @@ class TaskQueue:
         """The most nodes one waiting task needs (0 if none waits)."""
         return max(self._node_counts, default=0)
 
-    def add(self, entry: Entry, req: TaskRequest) -> None:
-        """Queue ``req`` at ``entry``, whose id is ``req.task_id`` (not yet waiting) and
-        whose shape is ``shape_of(req)``."""
-        shape = entry[3]
+    def add(self, key: float, seq: int, req: TaskRequest) -> None:
+        """Queue ``req`` (not yet waiting) at order ``(key, seq)``; ``seq`` is unique."""
+        shape = shape_of(req)
+        cls = self._classes.get(shape)
+        if cls is None:
+            cls = self._classes[shape] = ShapeClass(shape)
+        entry = (key, seq, req.task_id, cls)
         self._tasks[req.task_id] = (entry, req)
         counts = self._node_counts
         counts[req.num_nodes] = counts.get(req.num_nodes, 0) + 1
         self.waiting_nodes += req.num_nodes
-        tasks = self._classes.get(shape)
-        if tasks is None:
-            tasks = self._classes[shape] = SortedList()
-        elif entry < tasks.first():
-            self._heads.remove(tasks.first())
-        else:
+        tasks = cls.tasks
+        if not tasks:
             tasks.add(entry)
+            self._heads.add(entry)
             return
+        head = tasks.first()
         tasks.add(entry)
-        self._heads.add(entry)
+        if entry < head:
+            self._heads.remove(head)
+            self._heads.add(entry)
 
     def remove(self, task_id: str) -> TaskRequest:
         """Take a task out of the queue.
@@ -113,7 +142,6 @@ class TaskQueue:
             KeyError: it is not waiting.
         """
         entry, req = self._tasks.pop(task_id)
-        shape = entry[3]
         self.waiting_nodes -= req.num_nodes
         counts = self._node_counts
         left = counts[req.num_nodes] - 1
@@ -121,15 +149,19 @@ class TaskQueue:
             counts[req.num_nodes] = left
         else:
             del counts[req.num_nodes]
-        tasks = self._classes[shape]
-        head = tasks.first() == entry
-        tasks.remove(entry)
-        if head:
-            self._heads.remove(entry)
-            if tasks:
-                self._heads.add(tasks.first())
-            else:
-                del self._classes[shape]
+        cls = entry[3]
+        tasks = cls.tasks
+        if tasks.first() is not entry:
+            tasks.remove(entry)
+            return req
+        # The class head (always so when a task starts): no search in its class.
+        tasks.pop_first()
+        heads = self._heads
+        heads.remove(entry)
+        if tasks:
+            heads.add(tasks.first())
+        else:
+            del self._classes[cls.shape]
         return req
 
     def first(self) -> Entry | None:
@@ -139,8 +171,3 @@ class TaskQueue:
     def class_heads(self, count: int) -> list[Entry]:
         """The first ``count`` class heads in order (the queue's head first)."""
         return self._heads.head(count)
-
-    def class_head(self, shape: Shape) -> Entry | None:
-        """The first waiting task of ``shape``, or None."""
-        tasks = self._classes.get(shape)
-        return tasks.first() if tasks else None
