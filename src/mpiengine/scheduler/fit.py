@@ -11,6 +11,7 @@ from mpiengine.placement import Placement
 from .model import TaskRequest
 from .pool import BlockPool, Need
 from .reservation import Res
+from .taskqueue import Shape
 
 __all__ = ["Fit", "find_fit", "start"]
 
@@ -19,7 +20,12 @@ Fit = tuple[BlockPool, list[int], Need]
 
 
 def find_fit(
-    pools: Iterable[BlockPool], req: TaskRequest, now: float, res: Res | None, since: int
+    pools: Iterable[BlockPool],
+    req: TaskRequest,
+    shape: Shape,
+    now: float,
+    res: Res | None,
+    since: int,
 ) -> tuple[Fit | None, bool]:
     """The block and nodes where ``req`` can start now.
 
@@ -29,6 +35,7 @@ def find_fit(
     Args:
         pools: the blocks.
         req: the task.
+        shape: its shape (``shape_of(req)``, which is cheaper to read).
         now: the current time; the task must end within its block's walltime.
         res: the head's reservation, whose nodes the task may use only if it surely ends by
             the reservation time; None for the head itself.
@@ -38,8 +45,8 @@ def find_fit(
         the fit or None, and whether reserved nodes were among those refused (if so, the
         failure holds for this reservation only).
     """
-    n, c, g = req.num_nodes, req.cores_per_node, req.gpus_per_node
-    exclusive, walltime = req.exclusive, req.walltime
+    n, c, g, _, exclusive = shape
+    walltime = req.walltime
     best: Fit | None = None
     best_whole = n + 1
     res_mattered = False

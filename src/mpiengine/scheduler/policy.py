@@ -38,7 +38,7 @@ from .fit import find_fit, start
 from .model import BlockInfo, BlockShape, Demand, Reservation, TaskRequest
 from .pool import BlockPool
 from .reservation import Res, reserve
-from .taskqueue import Entry, Shape, TaskQueue, covered, covers
+from .taskqueue import Entry, Shape, TaskQueue, covered
 
 __all__ = ["Scheduler"]
 
@@ -245,13 +245,16 @@ class Scheduler:
         """
         out: list[Placement] = []
         queue = self._queue
+        pools = self._pools.values()
         while (first := queue.first()) is not None:
-            if not any(pool.free_cores for pool in self._pools.values()):
+            for pool in pools:
+                if pool.free_cores:
+                    break
+            else:  # every core is taken: nothing can start
                 return out
-            task_id = first[2]
             # (seq, tick): the same submission failed at that tick
             since = self._head_failed[1] if self._head_failed[0] == first[1] else -1
-            placed = self._place(task_id, now, None, since)
+            placed = self._place(first[2], now, None, since)
             if placed is None:
                 self._head_failed = (first[1], self._tick)
                 break
@@ -261,26 +264,38 @@ class Scheduler:
         self._backfill(first, now, self._reserve(first, now), out)
         return out
 
-    def _backfill(self, first: Entry, now: float, res: Res, out: list[Placement]) -> None:
-        """Start later tasks that cannot delay the head (``res``), appending to ``out``."""
-        queue = self._queue
-        # The most free cores on one node and wholly free nodes in one block, over all blocks
-        # and over those released since the last pass (the only ones where a shape that
-        # failed then may fit now). Taken once per pass: placements only shrink them, so a
-        # stale value lets through a task that then fails, never refuses one that fits.
+    def _caps(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Per kind of request (shared, exclusive): the most free cores on one node and the
+        most wholly free nodes in one block, over all blocks, and over the blocks released
+        since the last backfill pass (the only ones where a shape that failed then may fit
+        now). Starts a new pass."""
         last, self._last_pass = self._last_pass, self._tick
         cap_cores = cap_whole = new_cores = new_whole = 0
         for pool in self._pools.values():
-            cores, whole = pool.caps()
+            keys = pool.keys
+            if not keys:
+                continue
+            cores = keys[-1][0]
+            # A node with every core free has every GPU free: its key is the full one.
+            whole = len(pool.buckets[pool.full_key]) if cores == pool.cpn else 0
             cap_cores = cores if cores > cap_cores else cap_cores
             cap_whole = whole if whole > cap_whole else cap_whole
             if pool.dirty > last:
                 new_cores = cores if cores > new_cores else new_cores
                 new_whole = whole if whole > new_whole else new_whole
-        # The head failed with no reservation to respect: whatever covers its shape fails too.
+        return (cap_cores, cap_whole), (new_cores, new_whole)
+
+    def _backfill(self, first: Entry, now: float, res: Res, out: list[Placement]) -> None:
+        """Start later tasks that cannot delay the head (``res``), appending to ``out``."""
+        # Taken once per pass: placements only shrink the caps, so a stale value lets
+        # through a task that then fails, never refuses one that fits.
+        last = self._last_pass
+        caps, new_caps = self._caps()
+        # The head failed with no reservation to respect: whatever covers its shape fails too
+        # (covers is transitive, so the list need not be pruned).
         failed: list[Shape] = [first[3].shape]
         # The next class heads in order; a placed task's successor in its class joins them.
-        todo = queue.class_heads(self._depth + 1)
+        todo = self._queue.class_heads(self._depth + 1)
         todo.reverse()
         todo.pop()  # the head
         later: list[Entry] = []  # successors, a heap
@@ -292,25 +307,21 @@ class Scheduler:
             else:
                 break
             cls = entry[3]
-            shape = cls.shape
             # Failures under another reservation say nothing.
             since_res = cls.failed_at if cls.failed_res is res else -1
-            since_free = cls.failed_free
-            since = since_res if since_res > since_free else since_free
-            if since >= last:  # failed at or after the last pass: only new room can help
-                if shape[0] > new_whole if shape[4] else shape[1] > new_cores:
-                    continue
-            elif shape[0] > cap_whole if shape[4] else shape[1] > cap_cores:
+            since = cls.failed_free if cls.failed_free > since_res else since_res
+            # Failed at or after the last pass: only new room can help.
+            if cls.size > (new_caps if since >= last else caps)[cls.exclusive]:
                 continue
+            shape = cls.shape
             if covered(failed, shape):
                 continue
             placed = self._place(entry[2], now, res, since)
             if placed is None:
-                cls.failed_at, cls.failed_res = self._tick, res
                 # Whatever the reservation only if the blocks skipped failed so too.
-                if not self._res_mattered and since_free >= since_res:
+                if not self._res_mattered and cls.failed_free >= since_res:
                     cls.failed_free = self._tick
-                failed = [f for f in failed if not covers(shape, f)]
+                cls.failed_at, cls.failed_res = self._tick, res
                 failed.append(shape)
                 continue
             out.append(placed)
@@ -319,8 +330,10 @@ class Scheduler:
 
     def _place(self, task_id: str, now: float, res: Res | None, since: int) -> Placement | None:
         """Start a waiting task now if it fits (see :func:`find_fit`), else None."""
-        req = self._queue.request(task_id)
-        fit, self._res_mattered = find_fit(self._pools.values(), req, now, res, since)
+        entry, req = self._queue.get(task_id)
+        fit, self._res_mattered = find_fit(
+            self._pools.values(), req, entry[3].shape, now, res, since
+        )
         if fit is None:
             return None
         self._queue.remove(task_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
-from itertools import islice
+from itertools import filterfalse, islice
 
 from .model import BlockInfo, TaskRequest
 from .sortedlist import SortedList
@@ -59,11 +59,14 @@ class BlockPool:
         self.cpn = cpn = info.cores_per_node
         self.gpn = gpn = info.gpus_per_node
         self.full_key: Need = (cpn, gpn)
-        # Free core and GPU ids per node, sorted. A wholly free or wholly taken node may share
-        # one list with others (these are never changed in place); a partly used node owns its.
+        # Free core and GPU ids per node, sorted. A wholly free node may share one list with
+        # others (these are never changed in place); a partly used node owns its. A node held
+        # whole by one task keeps the (full) lists it had when it was free: nothing reads them
+        # until that task ends and the node is free again (only nodes in a bucket are taken,
+        # and only the nodes of partly-held tasks are projected), which saves a loop over the
+        # nodes of every large task at start and at end.
         self._all_c = list(range(cpn))
         self._all_g = list(range(gpn))
-        self._none: list[int] = []
         self.cores = [self._all_c] * count
         self.gpus = [self._all_g] * count
         self.buckets: dict[Need, set[int]] = {self.full_key: set(range(count))}
@@ -107,7 +110,8 @@ class BlockPool:
 
         Returns:
             the nodes (fewer than ``n`` when they do not fit), how many of them are wholly
-            free, and whether a fitting node was skipped because it is in ``exclude``.
+            free, and (meaningful only when fewer than ``n``) whether a fitting node was
+            skipped because it is in ``exclude``.
         """
         c, g = need
         out: list[int] = []
@@ -123,13 +127,11 @@ class BlockPool:
             if exclude is None:
                 out.extend(islice(bucket, n - before))
             else:
-                for i in bucket:
-                    if i in exclude:
-                        skipped = True
-                    else:
-                        out.append(i)
-                        if len(out) == n:
-                            break
+                # In bucket order, skipping excluded nodes (at C speed: the reserved nodes
+                # of a waiting head pile up in the free buckets).
+                out.extend(islice(filterfalse(exclude.__contains__, bucket), n - before))
+                if len(out) < n and not skipped:  # the whole bucket was looked at
+                    skipped = not exclude.isdisjoint(bucket)
             if key == self.full_key:
                 whole = len(out) - before
             if len(out) >= n:
@@ -186,11 +188,7 @@ class BlockPool:
         self, task_id: str, nodes: list[int], g: int, end: float, seq: int
     ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
         # Every core of wholly free nodes: batch the bucket update (large tasks, 64+ nodes).
-        rest_g = self._all_g[g:] if g else self._none
-        cores_of, gpus_of, none = self.cores, self.gpus, self._none
-        for i in nodes:
-            cores_of[i] = none
-            gpus_of[i] = rest_g
+        # Their free lists are left as they are (see __init__).
         full = self.buckets[self.full_key]
         full.difference_update(nodes)
         if not full:
@@ -218,11 +216,7 @@ class BlockPool:
         self.ends.remove((run.end, run.seq, task_id))
         c, g = run.ncores, run.ngpus
         self.free_cores += c * len(run.nodes)
-        if run.whole:
-            cores_of, gpus_of, all_c, all_g = self.cores, self.gpus, self._all_c, self._all_g
-            for i in run.nodes:
-                cores_of[i] = all_c
-                gpus_of[i] = all_g
+        if run.whole:  # the nodes' free lists are still the full ones (see __init__)
             full = self.buckets.get(self.full_key)
             if full is None:
                 self.buckets[self.full_key] = set(run.nodes)

@@ -34,12 +34,17 @@ class ShapeClass:
         failed_at: the scheduler tick at which the shape last failed under ``failed_res``.
         failed_res: the reservation (compared by identity) of that failure.
         failed_free: the tick at which it last failed whatever the reservation (-1: never).
+        exclusive: whether the shape is exclusive (0 or 1, an index).
+        size: what backfill compares with the free room first: the nodes if exclusive (wholly
+            free nodes in one block), else the cores per node (free cores on one node).
     """
 
-    __slots__ = ("failed_at", "failed_free", "failed_res", "shape", "tasks")
+    __slots__ = ("exclusive", "failed_at", "failed_free", "failed_res", "shape", "size", "tasks")
 
     def __init__(self, shape: Shape) -> None:
         self.shape = shape
+        self.exclusive = int(shape[4])
+        self.size = shape[0] if shape[4] else shape[1]
         self.tasks: SortedList[Entry] = SortedList()
         self.failed_at = -1
         self.failed_res: object = None
@@ -108,6 +113,10 @@ class TaskQueue:
     def request(self, task_id: str) -> TaskRequest:
         """The request of a waiting task (KeyError if not waiting)."""
         return self._tasks[task_id][1]
+
+    def get(self, task_id: str) -> tuple[Entry, TaskRequest]:
+        """The entry and request of a waiting task (KeyError if not waiting)."""
+        return self._tasks[task_id]
 
     def largest_nodes(self) -> int:
         """The most nodes one waiting task needs (0 if none waits)."""
