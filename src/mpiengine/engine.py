@@ -25,7 +25,7 @@ from mpiengine.blocks.base import BlockHandle
 from mpiengine.outcome import result_from_completion, result_without_run
 from mpiengine.placement import Placement
 from mpiengine.runner.process import Completion
-from mpiengine.runner.sandbox import create_sandbox, validate_task_id
+from mpiengine.runner.sandbox import SandboxRoot, validate_task_id
 from mpiengine.scheduler import BlockShape, Scheduler, TaskRequest
 from mpiengine.taskprep import build_launch, clean_base_env, task_request
 from mpiengine_sdk.backend import ResultSink
@@ -95,6 +95,8 @@ class Engine:
         self.workdir = Path(workdir)
         self.tasks_dir = self.workdir / "tasks"
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        # Resolved and held open once: a sandbox then costs a few syscalls, not a path walk.
+        self._sandboxes = SandboxRoot(self.tasks_dir)
         self._sink = sink
         self._shapes = shapes
         self._scheduler = scheduler or Scheduler()
@@ -201,6 +203,8 @@ class Engine:
         """Stop. With ``wait``, queued and running tasks finish first; else they are
         cancelled (running ones killed). Idempotent."""
         if not self._thread.is_alive():
+            if self._thread.ident is None:  # never started: _run's cleanup will not run
+                self._sandboxes.close()
             self._closed.set()
             return
         self._events.put(("stop", wait))
@@ -230,6 +234,7 @@ class Engine:
                 self._schedule(now)
         finally:
             self._close_blocks()
+            self._sandboxes.close()
             self._closed.set()
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
@@ -269,7 +274,7 @@ class Engine:
         task.attempts += 1
         task.state = TaskState.RUNNING
         try:
-            sandbox = create_sandbox(self.tasks_dir, task.msg.task_id)
+            sandbox = self._sandboxes.create(task.msg.task_id)
             spec = build_launch(
                 task.msg,
                 task.spec,

@@ -3,9 +3,10 @@
 It runs in-process for the embedded endpoint, and inside the block agent on a batch job's lead
 node. Modules, one concept each:
 
-- ``sandbox``: safe task ids, one fresh ``attempt-N`` directory per launch;
+- ``sandbox``: safe task ids, one fresh ``attempt-N`` directory per launch (``SandboxRoot``);
 - ``launch``: ``LaunchSpec`` (what to start) and ``Completion`` (how it ended);
 - ``process``: ``TaskRunner``, the event-driven runner thread;
+- ``spawn``: starting one task process (direct fork/exec, Popen fallback) and reaping it;
 - ``proctree``: finding and killing a task's whole process tree;
 - ``tails``: the bounded last lines of an output file;
 - ``pyrunner``: the entry point of Python tasks (``python -m mpiengine.runner.pyrunner``);
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from mpiengine.runner.proctree import KilledProcess, TreeKill, find_tree, kill_tree
     from mpiengine.runner.pyoutcome import PythonOutcome, read_python_outcome
     from mpiengine.runner.sandbox import (
+        SandboxRoot,
         create_sandbox,
         remove_sandbox,
         task_dir,
@@ -40,6 +42,7 @@ __all__ = [
     "KilledProcess",
     "LaunchSpec",
     "PythonOutcome",
+    "SandboxRoot",
     "TASK_MARKER_ENV",
     "TIMEOUT_RETURNCODE",
     "TaskRunner",
@@ -62,6 +65,7 @@ _WHERE = {
     "KilledProcess": "proctree",
     "LaunchSpec": "launch",
     "PythonOutcome": "pyoutcome",
+    "SandboxRoot": "sandbox",
     "TaskRunner": "process",
     "TreeKill": "proctree",
     "create_sandbox": "sandbox",

@@ -44,6 +44,7 @@ from typing import Literal
 from mpiengine.runner.launch import TASK_MARKER_ENV, TIMEOUT_RETURNCODE, Completion, LaunchSpec
 from mpiengine.runner.proctree import TreeKill, kill_tree
 from mpiengine.runner.sandbox import write_files
+from mpiengine.runner.spawn import reap, spawn
 from mpiengine.runner.tails import DEFAULT_TAIL_BYTES, tail
 
 __all__ = ["Completion", "LaunchSpec", "TASK_MARKER_ENV", "TIMEOUT_RETURNCODE", "TaskRunner"]
@@ -67,7 +68,7 @@ class _Task:
     """The runner thread's record of one task (touched by that thread only)."""
 
     spec: LaunchSpec
-    popen: subprocess.Popen[bytes] | None = None
+    pid: int = 0  # 0: not started
     pidfd: int = -1
     started: float | None = None
     returncode: int | None = None
@@ -219,9 +220,9 @@ class TaskRunner:
         with self._lock:
             self._closed = True
         for task in list(self._tasks.values()):
-            if task.popen is not None and task.returncode is None:
-                kill_tree(task.popen.pid, grace=0, session=task.popen.pid)
-                task.returncode = task.popen.wait()
+            if task.pid and task.returncode is None:
+                kill_tree(task.pid, grace=0, session=task.pid)
+                task.returncode = reap(task.pid)
             task.cancelled = True
             task.error = task.error or "the task runner thread crashed (see the log)"
             task.watched.clear()
@@ -268,40 +269,32 @@ class TaskRunner:
                 raise ValueError("argv is empty")
             write_files(spec.sandbox, spec.files)
             task.started = time.time()
-            task.popen = self._popen(spec)
+            task.pid = self._start_process(spec)
         except (OSError, ValueError, TypeError, subprocess.SubprocessError) as exc:
             task.error = f"cannot launch {spec.argv[:1]!r} in {str(spec.sandbox)!r}: {exc}"
             task.started = None
             self._finish(task)
             return
         try:
-            task.pidfd = os.pidfd_open(task.popen.pid)
+            task.pidfd = os.pidfd_open(task.pid)
         except OSError as exc:  # out of descriptors: do not leave an unwatched process behind
-            os.killpg(task.popen.pid, signal.SIGKILL)
-            task.popen.wait()
+            os.killpg(task.pid, signal.SIGKILL)
+            reap(task.pid)
             task.error = f"cannot watch the started process: {exc}"
             self._finish(task)
             return
-        self._selector.register(task.pidfd, selectors.EVENT_READ, (task, task.popen.pid))
+        self._selector.register(task.pidfd, selectors.EVENT_READ, (task, task.pid))
         if spec.walltime is not None:
             self._at(time.monotonic() + spec.walltime, task, "walltime")
 
-    def _popen(self, spec: LaunchSpec) -> subprocess.Popen[bytes]:
+    def _start_process(self, spec: LaunchSpec) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
         out = os.open(spec.sandbox / "stdout", flags, 0o600)
         try:
             err = os.open(spec.sandbox / "stderr", flags, 0o600)
             try:
-                # No preexec_fn: CPython then uses vfork, the fast path for many small tasks.
-                return subprocess.Popen(
-                    spec.argv,
-                    stdin=self._devnull,
-                    stdout=out,
-                    stderr=err,
-                    cwd=spec.sandbox,
-                    env=dict(spec.env),
-                    start_new_session=True,
-                    close_fds=True,
+                return spawn(
+                    spec.argv, spec.env, spec.sandbox, stdin=self._devnull, stdout=out, stderr=err
                 )
             finally:
                 os.close(err)
@@ -310,10 +303,10 @@ class TaskRunner:
 
     def _on_exit(self, task: _Task, pid: int, fd: int) -> None:
         self._selector.unregister(fd)
-        if task.popen is not None and pid == task.popen.pid and fd == task.pidfd:
+        if pid == task.pid and fd == task.pidfd:
             os.close(fd)
             task.pidfd = -1
-            task.returncode = task.popen.wait()
+            task.returncode = reap(pid)
             if task.tree is not None:
                 task.tree.exited(pid)
             elif _group_alive(pid) or (task.returncode != 0 and TASK_MARKER_ENV in task.spec.env):
@@ -328,9 +321,9 @@ class TaskRunner:
         self._maybe_finish(task)
 
     def _begin_kill(self, task: _Task) -> None:
-        if task.tree is not None or task.popen is None:
+        if task.tree is not None or not task.pid:
             return
-        root = task.popen.pid
+        root = task.pid
         value = task.spec.env.get(TASK_MARKER_ENV)
         marker = (TASK_MARKER_ENV, value) if value else None
         task.tree = TreeKill(root, session=root, marker=marker)
@@ -340,7 +333,7 @@ class TaskRunner:
 
     def _watch(self, task: _Task, pidfds: dict[int, int]) -> None:
         for pid, fd in pidfds.items():
-            if task.popen is not None and pid == task.popen.pid:
+            if pid == task.pid:
                 continue  # the root has its own pidfd
             task.watched[pid] = fd
             self._selector.register(fd, selectors.EVENT_READ, (task, pid))
@@ -426,8 +419,8 @@ class TaskRunner:
             self._selector.unregister(task.pidfd)
             os.close(task.pidfd)
             task.pidfd = -1
-            if task.popen is not None:
-                threading.Thread(target=task.popen.wait, daemon=True).start()
+            if task.pid:
+                threading.Thread(target=reap, args=(task.pid,), daemon=True).start()
 
 
 @atexit.register

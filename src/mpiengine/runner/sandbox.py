@@ -20,12 +20,14 @@ import os
 import re
 import shutil
 import stat
+import threading
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from mpiengine_sdk.errors import InvalidTaskId
 
 __all__ = [
+    "SandboxRoot",
     "create_sandbox",
     "remove_sandbox",
     "task_dir",
@@ -39,6 +41,7 @@ _ALLOWED = (
 )
 _TASK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _ATTEMPT = re.compile(r"attempt-([1-9][0-9]*)")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def validate_task_id(task_id: object) -> str:
@@ -76,7 +79,8 @@ def create_sandbox(root: Path, task_id: str) -> Path:
 
     The first call creates ``root/<task_id>/attempt-1``; later calls (retries) create
     ``attempt-2``, ``attempt-3``, ... Directories are created with mode 0o700; ``root`` is created
-    if missing (it may itself be a symlink, e.g. to a scratch filesystem).
+    if missing (it may itself be a symlink, e.g. to a scratch filesystem). To create many
+    sandboxes under one root, keep a ``SandboxRoot`` instead: it resolves the root once.
 
     Args:
         root: the sandbox root.
@@ -90,29 +94,116 @@ def create_sandbox(root: Path, task_id: str) -> Path:
         FileExistsError: ``root/<task_id>`` exists but is a symlink or not a directory.
         OSError: the directories cannot be created.
     """
-    base = Path(root)
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    base = base.resolve()
-    tdir = task_dir(base, task_id)
-    try:
-        os.mkdir(tdir, 0o700)
-    except FileExistsError:
-        pass
-    _check_real_dir(tdir, base)
+    with SandboxRoot(root) as sandboxes:
+        return sandboxes.create(task_id)
+
+
+class SandboxRoot:
+    """A sandbox root held open, to create many sandboxes with a handful of syscalls each.
+
+    The root is created if missing and resolved once, when the object is made; it is then held
+    by a directory descriptor, and every directory below it is created and opened relative to
+    a descriptor (``mkdirat``/``openat`` with ``O_NOFOLLOW``), so a symlink planted at
+    ``<task_id>`` is refused and nothing can redirect a sandbox outside the root, without
+    resolving paths again for each task. If the root directory is deleted meanwhile, it is
+    created again at its original path.
+
+    Args:
+        root: the sandbox root (it may be a symlink, e.g. to a scratch filesystem).
+
+    Raises:
+        OSError: the root cannot be created or opened.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._prefix = ""
+        self.path = self._open()
+
+    def _open(self) -> Path:
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self._root.resolve()
+        fd = os.open(path, _DIR_FLAGS)
+        old, self._fd = self._fd, fd
+        if old >= 0:
+            os.close(old)
+        self._prefix = str(path)
+        return path
+
+    def __enter__(self) -> SandboxRoot:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the root's descriptor (idempotent)."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def create(self, task_id: str) -> Path:
+        """Create ``<root>/<task_id>/attempt-N`` as ``create_sandbox`` does.
+
+        Returns:
+            The new attempt directory (absolute; under the root as resolved at creation).
+
+        Raises:
+            InvalidTaskId, FileExistsError, OSError: as ``create_sandbox``.
+        """
+        validate_task_id(task_id)
+        fd = self._fd
+        try:
+            name = self._create_in(fd, task_id)
+        except FileNotFoundError:  # the root was deleted under us: recreate it, once
+            with self._lock:
+                if self._fd == fd and fd >= 0:
+                    self.path = self._open()
+            name = self._create_in(self._fd, task_id)
+        return Path(f"{self._prefix}/{task_id}/{name}")
+
+    def _create_in(self, root_fd: int, task_id: str) -> str:
+        if root_fd < 0:
+            raise ValueError("the sandbox root is closed")
+        try:
+            os.mkdir(task_id, 0o700, dir_fd=root_fd)
+        except FileExistsError:
+            pass
+        try:
+            tdir = os.open(task_id, _DIR_FLAGS, dir_fd=root_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise FileExistsError(
+                errno.EEXIST,
+                "exists but is a symlink or not a directory; refusing to use it",
+                f"{self._prefix}/{task_id}",
+            ) from exc
+        try:
+            return _new_attempt(tdir)
+        finally:
+            os.close(tdir)
+
+
+def _new_attempt(tdir: int) -> str:
+    """Create the next ``attempt-N`` in the task directory open as ``tdir``; its name."""
     attempt = 1
     while True:
-        sandbox = tdir / f"attempt-{attempt}"
+        name = f"attempt-{attempt}"
         try:
-            os.mkdir(sandbox, 0o700)
+            os.mkdir(name, 0o700, dir_fd=tdir)
         except FileExistsError:
             # A retry: continue after the highest existing attempt. mkdir is exclusive, so two
             # concurrent creators never share one directory.
             attempt = max(attempt, _highest_attempt(tdir)) + 1
             continue
-        # mkdir's mode is masked by the umask; make it exactly owner-only.
-        os.chmod(sandbox, 0o700)
-        _check_real_dir(sandbox, base)
-        return sandbox
+        # mkdir's mode is masked by the umask; make it exactly owner-only. The name cannot be
+        # swapped for a symlink meanwhile: only this user can write in the 0o700 parent.
+        os.chmod(name, 0o700, dir_fd=tdir)
+        return name
 
 
 def remove_sandbox(root: Path, task_id: str) -> None:
@@ -169,7 +260,7 @@ def _check_real_dir(path: Path, base: Path) -> None:
         raise FileExistsError(errno.EEXIST, f"resolves outside the sandbox root {base}", path)
 
 
-def _highest_attempt(tdir: Path) -> int:
+def _highest_attempt(tdir: int) -> int:
     numbers = [0]
     for name in os.listdir(tdir):
         match = _ATTEMPT.fullmatch(name)
