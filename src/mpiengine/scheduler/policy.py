@@ -293,7 +293,8 @@ class Scheduler:
         caps, new_caps = self._caps()
         # The head failed with no reservation to respect: whatever covers its shape fails too
         # (covers is transitive, so the list need not be pruned).
-        failed: list[Shape] = [first[3].shape]
+        classes = self._queue.classes
+        failed: list[Shape] = [classes[first[3]].shape]
         # The next class heads in order; a placed task's successor in its class joins them.
         todo = self._queue.class_heads(self._depth + 1)
         todo.reverse()
@@ -306,7 +307,7 @@ class Scheduler:
                 entry = todo.pop()
             else:
                 break
-            cls = entry[3]
+            cls = classes[entry[3]]
             # Failures under another reservation say nothing.
             since_res = cls.failed_at if cls.failed_res is res else -1
             since = cls.failed_free if cls.failed_free > since_res else since_res
@@ -330,10 +331,10 @@ class Scheduler:
 
     def _place(self, task_id: str, now: float, res: Res | None, since: int) -> Placement | None:
         """Start a waiting task now if it fits (see :func:`find_fit`), else None."""
-        entry, req = self._queue.get(task_id)
-        fit, self._res_mattered = find_fit(
-            self._pools.values(), req, entry[3].shape, now, res, since
-        )
+        queue = self._queue
+        req = queue.requests[task_id]
+        shape = queue.classes[queue.entries[task_id][3]].shape
+        fit, self._res_mattered = find_fit(self._pools.values(), req, shape, now, res, since)
         if fit is None:
             return None
         self._queue.remove(task_id)

@@ -29,6 +29,7 @@ class ShapeClass:
     recomputed at every lookup, and backfill consults them for every shape it walks.
 
     Attributes:
+        id: its number in the queue (never reused).
         shape: the shape.
         tasks: its waiting tasks' entries, in order.
         failed_at: the scheduler tick at which the shape last failed under ``failed_res``.
@@ -39,9 +40,19 @@ class ShapeClass:
             free nodes in one block), else the cores per node (free cores on one node).
     """
 
-    __slots__ = ("exclusive", "failed_at", "failed_free", "failed_res", "shape", "size", "tasks")
+    __slots__ = (
+        "exclusive",
+        "failed_at",
+        "failed_free",
+        "failed_res",
+        "id",
+        "shape",
+        "size",
+        "tasks",
+    )
 
     def __init__(self, shape: Shape) -> None:
+        self.id = 0  # set by the queue
         self.shape = shape
         self.exclusive = int(shape[4])
         self.size = shape[0] if shape[4] else shape[1]
@@ -51,9 +62,9 @@ class ShapeClass:
         self.failed_free = -1
 
 
-# (order key, sequence number, task id, shape class): (key, seq) is unique, so the rest is
-# never compared. The class rides along so that a scan needs no lookup per task.
-Entry = tuple[float, int, str, ShapeClass]
+# (order key, sequence number, task id, class id): (key, seq) is unique, so the rest is never
+# compared. The class id rides along so that a scan needs no lookup by shape.
+Entry = tuple[float, int, str, int]
 
 
 def shape_of(req: TaskRequest) -> Shape:
@@ -93,30 +104,49 @@ def covered(failed: list[Shape], shape: Shape) -> bool:
 
 
 class TaskQueue:
-    """Waiting tasks in order of their :data:`Entry` (key, sequence, id, class), by shape."""
+    """Waiting tasks in order of their :data:`Entry` (key, sequence, id, class id), by shape.
 
-    __slots__ = ("_classes", "_heads", "_node_counts", "_tasks", "waiting_nodes")
+    Attributes (read by the scheduler, changed only through the methods):
+        requests: task id -> request of each waiting task.
+        entries: task id -> its entry.
+        classes: class id -> the :class:`ShapeClass` of each shape with a waiting task.
+
+    Entries hold a class id rather than the class, and requests and entries are kept apart
+    rather than paired: so the 100,000 entries of a full queue hold no reference to a
+    container and the garbage collector untracks them, instead of walking 200,000 more
+    objects in each full collection.
+    """
+
+    __slots__ = (
+        "_by_shape",
+        "_heads",
+        "_next_id",
+        "_node_counts",
+        "classes",
+        "entries",
+        "requests",
+        "waiting_nodes",
+    )
 
     def __init__(self) -> None:
-        self._tasks: dict[str, tuple[Entry, TaskRequest]] = {}
-        self._classes: dict[Shape, ShapeClass] = {}  # the classes with a waiting task
+        self.requests: dict[str, TaskRequest] = {}
+        self.entries: dict[str, Entry] = {}
+        self.classes: dict[int, ShapeClass] = {}
+        self._by_shape: dict[Shape, ShapeClass] = {}  # the same classes by shape
+        self._next_id = 0
         self._heads: SortedList[Entry] = SortedList()  # the first entry of each class
         self._node_counts: dict[int, int] = {}  # num_nodes of waiting tasks -> how many
         self.waiting_nodes = 0  # sum of num_nodes of waiting tasks
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self.requests)
 
     def __contains__(self, task_id: str) -> bool:
-        return task_id in self._tasks
+        return task_id in self.requests
 
     def request(self, task_id: str) -> TaskRequest:
         """The request of a waiting task (KeyError if not waiting)."""
-        return self._tasks[task_id][1]
-
-    def get(self, task_id: str) -> tuple[Entry, TaskRequest]:
-        """The entry and request of a waiting task (KeyError if not waiting)."""
-        return self._tasks[task_id]
+        return self.requests[task_id]
 
     def largest_nodes(self) -> int:
         """The most nodes one waiting task needs (0 if none waits)."""
@@ -125,11 +155,14 @@ class TaskQueue:
     def add(self, key: float, seq: int, req: TaskRequest) -> None:
         """Queue ``req`` (not yet waiting) at order ``(key, seq)``; ``seq`` is unique."""
         shape = shape_of(req)
-        cls = self._classes.get(shape)
+        cls = self._by_shape.get(shape)
         if cls is None:
-            cls = self._classes[shape] = ShapeClass(shape)
-        entry = (key, seq, req.task_id, cls)
-        self._tasks[req.task_id] = (entry, req)
+            self._next_id += 1
+            cls = self._by_shape[shape] = self.classes[self._next_id] = ShapeClass(shape)
+            cls.id = self._next_id
+        entry = (key, seq, req.task_id, cls.id)
+        self.requests[req.task_id] = req
+        self.entries[req.task_id] = entry
         counts = self._node_counts
         counts[req.num_nodes] = counts.get(req.num_nodes, 0) + 1
         self.waiting_nodes += req.num_nodes
@@ -150,7 +183,8 @@ class TaskQueue:
         Raises:
             KeyError: it is not waiting.
         """
-        entry, req = self._tasks.pop(task_id)
+        req = self.requests.pop(task_id)
+        entry = self.entries.pop(task_id)
         self.waiting_nodes -= req.num_nodes
         counts = self._node_counts
         left = counts[req.num_nodes] - 1
@@ -158,7 +192,7 @@ class TaskQueue:
             counts[req.num_nodes] = left
         else:
             del counts[req.num_nodes]
-        cls = entry[3]
+        cls = self.classes[entry[3]]
         tasks = cls.tasks
         if tasks.first() is not entry:
             tasks.remove(entry)
@@ -170,7 +204,8 @@ class TaskQueue:
         if tasks:
             heads.add(tasks.first())
         else:
-            del self._classes[cls.shape]
+            del self._by_shape[cls.shape]
+            del self.classes[cls.id]
         return req
 
     def first(self) -> Entry | None:
