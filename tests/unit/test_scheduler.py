@@ -287,3 +287,21 @@ def test_block_info_refuses_duplicate_nodes() -> None:
         BlockInfo("b", ("a", "a", "b"), 4)
     with pytest.raises(ValueError):
         Scheduler(aging_interval=0)
+
+
+# -- internals that the speed depends on -----------------------------------------------------
+
+
+def test_fast_placement_equals_the_constructed_one() -> None:
+    # The scheduler builds Placements without their __init__ (fit.make_placement); if
+    # Placement gains a check or a field, FAST_PLACEMENT turns off: revisit make_placement.
+    from mpiengine.scheduler.fit import FAST_PLACEMENT, make_placement
+
+    assert FAST_PLACEMENT
+    args = ("t", "b", ("n0", "n1"), 2, 3, 1, ((0, 1, 2), (3, 4, 5)), ((0,), (1,)), True, 9.5)
+    fast = make_placement(*args)
+    slow = Placement(*args)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert vars(fast) == vars(slow)
+    with pytest.raises(AttributeError):
+        fast.task_id = "other"  # type: ignore[misc]
