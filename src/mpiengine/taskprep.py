@@ -60,6 +60,44 @@ def _command(task: TaskMessage, sandbox: Path, python: str) -> tuple[str, ...]:
     return (*args, str(sandbox))
 
 
+#: Rendered launches that did not read the hostfile path, so they hold for any task with the
+#: same placement shape: (launcher, Launch, shell-quoted prefix) by shape key. Bounded.
+_RENDERED: dict[tuple[object, ...], tuple[LauncherSpec, Launch, str]] = {}
+_RENDERED_MAX = 4096
+
+
+def _render(
+    launcher: LauncherSpec,
+    placement: Placement,
+    cores_per_node: int,
+    options: tuple[str, ...],
+    hostfile: str,
+) -> tuple[Launch, str]:
+    """The launcher's rendering of ``placement`` and its shell-quoted argv.
+
+    Rendering is a pure function of the launcher, the placement (not its task id) and the
+    options; one that never read ``hostfile`` is reused for the next task of the same shape,
+    which is every task but the first on a busy endpoint.
+    """
+    p = placement
+    key = (
+        id(launcher), p.block_id, p.nodes, p.ranks_per_node, p.cpus_per_rank, p.gpus_per_rank,
+        p.cores, p.gpus, p.exclusive, p.walltime, cores_per_node, options,
+    )  # fmt: skip
+    hit = _RENDERED.get(key)
+    if hit is not None and hit[0] is launcher:  # the id was not reused by another launcher
+        return hit[1], hit[2]
+    mpi = launcher.render(
+        placement, cores_per_node=cores_per_node, user_options=options, hostfile_path=hostfile
+    )
+    prefix = shlex.join(mpi.argv)
+    if mpi.hostfile is None:
+        if len(_RENDERED) >= _RENDERED_MAX:
+            _RENDERED.clear()
+        _RENDERED[key] = (launcher, mpi, prefix)
+    return mpi, prefix
+
+
 def build_launch(
     task: TaskMessage,
     spec: ResourceSpec,
@@ -78,13 +116,8 @@ def build_launch(
     their placement, shell-quoted) so a script can start MPI steps itself, as with Globus
     Compute's ``$PARSL_MPI_PREFIX``.
     """
-    hostfile = str(sandbox / "hostfile")
-    mpi: Launch = mpi_launcher.render(
-        placement,
-        cores_per_node=cores_per_node,
-        user_options=spec.launcher_options,
-        hostfile_path=hostfile,
-    )
+    hostfile = f"{sandbox}/hostfile"
+    mpi, prefix = _render(mpi_launcher, placement, cores_per_node, spec.launcher_options, hostfile)
     runs_under_launcher = task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON)
     command = _command(task, sandbox, python)
     argv = (*mpi.argv, *command) if runs_under_launcher else command
@@ -92,7 +125,6 @@ def build_launch(
     env = dict(base_env)
     if runs_under_launcher:
         env.update(mpi.env)
-    prefix = shlex.join(mpi.argv)
     env.update(
         {
             "MPIENGINE_TASK_ID": task.task_id,

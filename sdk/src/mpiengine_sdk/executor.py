@@ -75,6 +75,7 @@ class Executor(concurrent.futures.Executor):
         **options: Any,
     ) -> None:
         self._default_spec = coerce_spec(resource_spec) or ResourceSpec()
+        self._last_merge: tuple[ResourceSpec, ResourceSpec, ResourceSpec] | None = None
         if backend is None:
             if endpoint_id is None:
                 backend = _embedded_backend(options)
@@ -155,7 +156,7 @@ class Executor(concurrent.futures.Executor):
         task_id: str | None = None,
     ) -> TaskMessage:
         """Build (and validate) the wire message for a task without submitting it."""
-        spec = self._default_spec.merged(resource_spec)
+        spec = self._merged(resource_spec)
         tid = task_id if task_id is not None else uuid.uuid4().hex
         if isinstance(fn, ShellFunction | MPIPythonFunction):
             return fn.to_task(tid, tuple(args), dict(kwargs), spec)
@@ -165,6 +166,20 @@ class Executor(concurrent.futures.Executor):
                 "MPIPythonFunction or a Python callable"
             )
         return python_task(fn, tuple(args), dict(kwargs), tid, spec)
+
+    def _merged(self, resource_spec: SpecLike) -> ResourceSpec:
+        """The default spec merged with ``resource_spec``; remembered for the last
+        ResourceSpec object, since a batch of submits usually passes the same one (specs are
+        immutable, so the same two objects always merge the same)."""
+        default = self._default_spec
+        last = self._last_merge
+        if isinstance(resource_spec, ResourceSpec) and last is not None:
+            if last[0] is default and last[1] is resource_spec:
+                return last[2]
+        spec = default.merged(resource_spec)
+        if isinstance(resource_spec, ResourceSpec):
+            self._last_merge = (default, resource_spec, spec)
+        return spec
 
     # -- results -------------------------------------------------------------------------
     def _on_result(self, msg: ResultMessage) -> None:

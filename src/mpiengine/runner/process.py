@@ -289,9 +289,9 @@ class TaskRunner:
 
     def _start_process(self, spec: LaunchSpec) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-        out = os.open(spec.sandbox / "stdout", flags, 0o600)
+        out = os.open(f"{spec.sandbox}/stdout", flags, 0o600)
         try:
-            err = os.open(spec.sandbox / "stderr", flags, 0o600)
+            err = os.open(f"{spec.sandbox}/stderr", flags, 0o600)
             try:
                 return spawn(
                     spec.argv, spec.env, spec.sandbox, stdin=self._devnull, stdout=out, stderr=err
@@ -380,15 +380,16 @@ class TaskRunner:
         task.done = True
         self._release(task)
         spec = task.spec
-        out, err = spec.sandbox / "stdout", spec.sandbox / "stderr"
+        sandbox = str(spec.sandbox)
+        out, err = f"{sandbox}/stdout", f"{sandbox}/stderr"
         done = Completion(
             task_id=spec.task_id,
             returncode=TIMEOUT_RETURNCODE if task.timed_out else task.returncode,
             stdout=tail(out, spec.snippet_lines, self._tail_bytes),
             stderr=tail(err, spec.snippet_lines, self._tail_bytes),
-            stdout_path=str(out),
-            stderr_path=str(err),
-            sandbox=str(spec.sandbox),
+            stdout_path=out,
+            stderr_path=err,
+            sandbox=sandbox,
             argv=tuple(spec.argv),
             started=task.started,
             ended=time.time(),

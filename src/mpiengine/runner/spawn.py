@@ -24,6 +24,9 @@ from typing import Any
 
 __all__ = ["reap", "spawn"]
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
 _fork_exec: Any = None
 if sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11):
     try:
@@ -67,7 +70,7 @@ def spawn(
     if _fork_exec is None:
         return _spawn_popen(argv, env, cwd, stdin, stdout, stderr)
     args = [os.fsencode(a) for a in argv]
-    env_list = [_env_entry(k, v) for k, v in env.items()]
+    env_list = _env_list(env)
     candidates = _candidates(args[0], env.get("PATH"))
     cwd_s = os.fsdecode(cwd)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -115,11 +118,12 @@ def reap(pid: int, block: bool = True) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def _env_entry(key: str, value: str) -> bytes:
-    name = os.fsencode(key)
-    if b"=" in name:
-        raise ValueError("illegal environment variable name")
-    return name + b"=" + os.fsencode(value)
+def _env_list(env: Mapping[str, str]) -> list[bytes]:
+    """``NAME=value`` entries encoded as ``os.fsencode`` does, one C call each."""
+    for key in env:
+        if "=" in key:
+            raise ValueError(f"illegal environment variable name {key!r}")
+    return [f"{k}={v}".encode(_FS_ENCODING, _FS_ERRORS) for k, v in env.items()]
 
 
 @functools.lru_cache(maxsize=256)

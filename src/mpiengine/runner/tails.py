@@ -34,6 +34,8 @@ def tail(path: str | os.PathLike[str], lines: int, max_bytes: int = DEFAULT_TAIL
         return ""
     try:
         size = os.fstat(fd).st_size
+        if size == 0:  # the common case of a quiet task: no read
+            return ""
         start = max(0, size - max_bytes)
         data = os.pread(fd, size - start, start)
     finally:
