@@ -9,7 +9,8 @@ thread, as a ``Completion``.
 What a task process gets: ``cwd`` = its sandbox, ``env`` = exactly ``LaunchSpec.env`` (nothing
 from this process's environment, nothing from another task), stdin ``/dev/null``, stdout and
 stderr in ``sandbox/stdout`` and ``sandbox/stderr``, a new session (so its tree can be found
-and killed), no inherited file descriptors.
+and killed), no inherited file descriptors. It is started by ``spawn`` (one vfork + exec, with
+no Popen bookkeeping) and reaped when its pidfd reports the exit.
 
 How a task ends:
 1. Its root process exits by itself. Any process left in its process group (``cmd &``) is then

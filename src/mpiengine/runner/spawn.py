@@ -73,6 +73,7 @@ def spawn(
     env_list = _env_list(env)
     candidates = _candidates(args[0], env.get("PATH"))
     cwd_s = os.fsdecode(cwd)
+    sys.audit("subprocess.Popen", argv[0], list(argv), cwd_s, env)  # as Popen would
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         try:
