@@ -298,8 +298,10 @@ def test_a_failing_callback_does_not_stop_the_runner(spec, caplog) -> None:
 
 @pytest.mark.mpi
 def test_walltime_kills_every_rank_of_mpiexec(runner, collector, spec, mpi: str) -> None:
-    script = "echo $$ > pid.$PMI_RANK; exec sleep 60"
-    task = spec("mpi-wall", mpi, "-n", "4", "/bin/bash", "-c", script, walltime=3.0)
+    # Written then renamed: a reader never sees an empty pid file. The walltime leaves room
+    # for four ranks to start on a loaded host before it kills them.
+    script = "echo $$ > tmp.$PMI_RANK && mv tmp.$PMI_RANK pid.$PMI_RANK; exec sleep 60"
+    task = spec("mpi-wall", mpi, "-n", "4", "/bin/bash", "-c", script, walltime=6.0)
     runner.start(task)
     wait_for(lambda: len(list(task.sandbox.glob("pid.*"))) == 4)
     ranks = [psutil.Process(int(p.read_text())) for p in task.sandbox.glob("pid.*")]
