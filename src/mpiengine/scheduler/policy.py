@@ -28,10 +28,8 @@ work per call without risking starvation.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Iterable
 from heapq import heappop, heappush
-from operator import itemgetter
 
 from mpiengine.placement import Placement
 
@@ -288,83 +286,48 @@ class Scheduler:
         return (cap_cores, cap_whole), (new_cores, new_whole)
 
     def _backfill(self, first: Entry, now: float, res: Res, out: list[Placement]) -> None:
-        """Start later tasks that cannot delay the head (``res``), appending to ``out``.
-
-        The items examined are the first ``backfill_depth`` of, in order, the class heads
-        after the head's and the successors of the tasks started (each task started brings
-        the next of its class in). Most class heads are passed over by a test of their size
-        against the free room, fixed for the pass: it is made on them all at once, and the
-        loop visits only those that pass (a successor passes, as its class did).
-        """
-        depth = self._depth
-        classes = self._queue.classes
+        """Start later tasks that cannot delay the head (``res``), appending to ``out``."""
         # Taken once per pass: placements only shrink the caps, so a stale value lets
-        # through a task that then fails, never refuses one that fits. A shape that failed
-        # at or after the last pass is compared with the room freed since (new_caps).
+        # through a task that then fails, never refuses one that fits.
         last = self._last_pass
-        limits = self._caps()
-        window = self._queue.class_heads(depth + 1)
-        del window[0]  # the head
-        picked = [
-            j
-            for j, cls in enumerate(map(classes.__getitem__, map(itemgetter(3), window)))
-            if cls.size
-            <= limits[(cls.failed_at if cls.failed_res is res else cls.failed_free) >= last][
-                cls.exclusive
-            ]
-        ]
+        caps, new_caps = self._caps()
         # The head failed with no reservation to respect: whatever covers its shape fails too
         # (covers is transitive, so the list need not be pruned).
+        classes = self._queue.classes
         failed: list[Shape] = [classes[first[3]].shape]
+        # The next class heads in order; a placed task's successor in its class joins them.
+        todo = self._queue.class_heads(self._depth + 1)
+        todo.reverse()
+        todo.pop()  # the head
         later: list[Entry] = []  # successors, a heap
-        steps = done = 0  # items examined; window entries examined
-        for j in picked:
-            while later and later[0] < window[j]:
-                successor = later[0]
-                at = bisect_left(window, successor, done, j)  # passed over before it
-                steps, done = steps + at - done + 1, at
-                if steps > depth:
-                    return
-                self._try(heappop(later), now, res, failed, later, out)
-            steps, done = steps + j - done + 1, j + 1
-            if steps > depth:
-                return
-            self._try(window[j], now, res, failed, later, out)
-        while later:
-            at = bisect_left(window, later[0], done)
-            steps, done = steps + at - done + 1, at
-            if steps > depth:
-                return
-            self._try(heappop(later), now, res, failed, later, out)
-
-    def _try(
-        self,
-        entry: Entry,
-        now: float,
-        res: Res,
-        failed: list[Shape],
-        later: list[Entry],
-        out: list[Placement],
-    ) -> None:
-        """Backfill the task of ``entry`` if it fits: append it to ``out`` and its class's
-        next task to ``later``; else remember the failure (in its class and ``failed``)."""
-        cls = self._queue.classes[entry[3]]
-        shape = cls.shape
-        if covered(failed, shape):
-            return
-        since_res = cls.failed_at if cls.failed_res is res else -1
-        since = cls.failed_free if cls.failed_free > since_res else since_res
-        placed = self._place(entry[2], now, res, since)
-        if placed is None:
-            # Whatever the reservation only if the blocks skipped failed so too.
-            if not self._res_mattered and cls.failed_free >= since_res:
-                cls.failed_free = self._tick
-            cls.failed_at, cls.failed_res = self._tick, res
-            failed.append(shape)
-            return
-        out.append(placed)
-        if cls.tasks:  # its successor in the class
-            heappush(later, cls.tasks.first())
+        for _ in range(self._depth):
+            if later and (not todo or later[0] < todo[-1]):
+                entry = heappop(later)
+            elif todo:
+                entry = todo.pop()
+            else:
+                break
+            cls = classes[entry[3]]
+            # Failures under another reservation say nothing.
+            since_res = cls.failed_at if cls.failed_res is res else -1
+            since = cls.failed_free if cls.failed_free > since_res else since_res
+            # Failed at or after the last pass: only new room can help.
+            if cls.size > (new_caps if since >= last else caps)[cls.exclusive]:
+                continue
+            shape = cls.shape
+            if covered(failed, shape):
+                continue
+            placed = self._place(entry[2], now, res, since)
+            if placed is None:
+                # Whatever the reservation only if the blocks skipped failed so too.
+                if not self._res_mattered and cls.failed_free >= since_res:
+                    cls.failed_free = self._tick
+                cls.failed_at, cls.failed_res = self._tick, res
+                failed.append(shape)
+                continue
+            out.append(placed)
+            if cls.tasks:  # its successor in the class
+                heappush(later, cls.tasks.first())
 
     def _place(self, task_id: str, now: float, res: Res | None, since: int) -> Placement | None:
         """Start a waiting task now if it fits (see :func:`find_fit`), else None."""
