@@ -326,8 +326,9 @@ class Scheduler:
                 failed.append(shape)
                 continue
             out.append(placed)
-            if cls.tasks:  # its successor in the class
-                heappush(later, cls.tasks.first())
+            successor = cls.tasks.peek()  # the next of its class
+            if successor is not None:
+                heappush(later, successor)
 
     def _place(self, task_id: str, now: float, res: Res | None, since: int) -> Placement | None:
         """Start a waiting task now if it fits (see :func:`find_fit`), else None."""

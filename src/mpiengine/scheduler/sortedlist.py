@@ -91,6 +91,11 @@ class SortedList(Generic[T]):
             del self._maxes[0]
         return entry
 
+    def peek(self) -> T | None:
+        """The first entry, or None if the list is empty (one call instead of two)."""
+        chunks = self._chunks
+        return chunks[0][0] if chunks else None
+
     def first(self) -> T:
         """The first entry.
 

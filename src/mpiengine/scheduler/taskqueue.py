@@ -201,8 +201,9 @@ class TaskQueue:
         tasks.pop_first()
         heads = self._heads
         heads.remove(entry)
-        if tasks:
-            heads.add(tasks.first())
+        successor = tasks.peek()
+        if successor is not None:
+            heads.add(successor)
         else:
             del self._by_shape[cls.shape]
             del self.classes[cls.id]
@@ -210,7 +211,7 @@ class TaskQueue:
 
     def first(self) -> Entry | None:
         """The entry of the queue's head task, or None if nothing waits."""
-        return self._heads.first() if len(self._heads) else None
+        return self._heads.peek()
 
     def class_heads(self, count: int) -> list[Entry]:
         """The first ``count`` class heads in order (the queue's head first)."""
