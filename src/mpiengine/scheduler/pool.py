@@ -92,13 +92,6 @@ class BlockPool:
             return True
         return start < end if walltime is None else start + walltime <= end
 
-    def caps(self) -> tuple[int, int]:
-        """The most free cores on one node, and how many nodes are wholly free."""
-        keys = self.keys
-        if not keys:
-            return 0, 0
-        return keys[-1][0], len(self.buckets.get(self.full_key, ()))
-
     def free_nodes(self) -> int:
         """Nodes wholly free now."""
         return len(self.buckets.get(self.full_key, ()))
