@@ -54,13 +54,16 @@ class Scheduler:
         aging_interval: seconds of waiting worth one priority level (> 0, finite).
         backfill_depth: how many task shapes after the head's one call may try to backfill
             (0 disables backfill; tasks of one shape are tried as one). It bounds the work per
-            call; the head always progresses, so no task starves whatever the depth.
+            call; the head always progresses, so no task starves whatever the depth. The
+            default, 32, is where the packing benchmark's makespan stops improving much
+            (16: 1.102 x the area bound on average over 10 seeds, 32: 1.088, 64: 1.079) while
+            the cost per placement at scale stays that of 16 (64 costs about 15% more).
 
     Raises:
         ValueError: an argument is out of range.
     """
 
-    def __init__(self, *, aging_interval: float = 600.0, backfill_depth: int = 16) -> None:
+    def __init__(self, *, aging_interval: float = 600.0, backfill_depth: int = 32) -> None:
         if not (0 < aging_interval < math.inf):
             raise ValueError(f"aging_interval={aging_interval!r}: must be finite and > 0")
         if backfill_depth < 0:
