@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpiengine.runner.proctree import find_tree, kill_tree
+from mpiengine.runner.proctree import find_tree, group_has_live_member, kill_tree
 
 ENV = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
 
@@ -136,3 +137,23 @@ def test_mpiexec_with_four_ranks(spawn, tmp_path: Path, mpi: str) -> None:
     root.wait(timeout=10)
     assert {p.pid for p in tree} <= {k.pid for k in killed}
     assert alive(ranks + tree) == []
+
+
+def test_a_group_of_zombies_has_no_live_member() -> None:
+    # A child we do not reap yet stays a zombie in its own process group: killpg(pgid, 0)
+    # still finds it, group_has_live_member must not.
+    zombie = subprocess.Popen(["true"], start_new_session=True)
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        os.killpg(zombie.pid, 0)  # the group is not empty...
+        assert not group_has_live_member(zombie.pid)  # ...but nothing in it lives
+        assert group_has_live_member(sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+        zombie.wait(10)
+    assert not group_has_live_member(sleeper.pid)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mpiengine.runner.launch import TASK_MARKER_ENV, TIMEOUT_RETURNCODE, Completion, LaunchSpec
-from mpiengine.runner.proctree import TreeKill, kill_tree
+from mpiengine.runner.proctree import TreeKill, group_has_live_member, kill_tree
 from mpiengine.runner.sandbox import write_files
 from mpiengine.runner.spawn import reap, spawn
 from mpiengine.runner.tails import DEFAULT_TAIL_BYTES, tail
@@ -432,11 +432,12 @@ def _close_live_runners() -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether any process is left in the process group (one syscall, no scan)."""
+    """Whether a live (not zombie) process is left in the process group: one syscall when the
+    group is empty (the usual case), a /proc scan only when something is left in it."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return group_has_live_member(pgid)

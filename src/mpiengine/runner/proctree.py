@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["KilledProcess", "TreeKill", "find_tree", "kill_tree"]
+__all__ = ["KilledProcess", "TreeKill", "find_tree", "group_has_live_member", "kill_tree"]
 
 #: Rescans while freezing or killing before giving up on a tree that keeps growing.
 _MAX_ROUNDS = 20
@@ -95,6 +95,30 @@ def find_tree(
         except psutil.NoSuchProcess:
             continue
     return members
+
+
+def group_has_live_member(pgid: int) -> bool:
+    """Whether a process that is not a zombie is left in process group ``pgid``.
+
+    ``killpg(pgid, 0)`` also counts zombies. srun forks a helper that outlives it by a moment
+    and is reparented to init, which reaps slowly in containers: without this check every
+    srun task would pay a full tree kill (environment scan included) for a dead process. One
+    read of /proc/PID/stat per process, stopping at the first live member; the pids above
+    ``pgid`` (where a task's children usually are) are read first.
+    """
+    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    pids.sort(key=lambda pid: pid < pgid)  # stable: pids >= pgid first, then the rest
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:  # exited since listdir
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(b")") + 2 :].split(b" ", 3)
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _proc_table() -> dict[int, tuple[int, int, bool]]:
