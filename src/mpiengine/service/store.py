@@ -99,6 +99,18 @@ class LocalStore:
         row = self._db.execute("SELECT 1 FROM cancelled WHERE task_id = ?", (task_id,)).fetchone()
         return row is not None
 
+    def cancelled(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` whose cancel arrived before them (one query per chunk)."""
+        found: set[str] = set()
+        for i in range(0, len(task_ids), _CHUNK):
+            chunk = task_ids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for (tid,) in self._db.execute(
+                f"SELECT task_id FROM cancelled WHERE task_id IN ({marks})", tuple(chunk)
+            ):
+                found.add(tid)
+        return found
+
     def prune(self, older_than: float) -> None:
         """Forget sent results and cancels older than ``older_than`` (epoch seconds)."""
         with self._db:

@@ -219,7 +219,9 @@ class EndpointService:
             channel.reject(delivery.tag, requeue=True)
             return
         assert self._store is not None
-        sent = self._store.sent_flags([t.task_id for t in tasks])
+        ids = [t.task_id for t in tasks]
+        sent = self._store.sent_flags(ids)
+        cancelled = self._store.cancelled(ids)
         waiting: list[str] = []
         start: list[TaskMessage] = []
         for task in tasks:
@@ -230,7 +232,7 @@ class EndpointService:
             if tid in sent or tid in self._active:
                 continue  # its result is on its way, or it runs already
             self._active.add(tid)
-            if self._store.is_cancelled(tid):
+            if tid in cancelled:
                 self._inject(tid, TaskState.CANCELLED, "TaskCancelled", "cancelled before it ran")
                 continue
             start.append(task)

@@ -176,10 +176,14 @@ class RelayBackend:
                 continue
             accepted.append((task, body))
         with self._lock:
+            # Wake the I/O thread only when the outbox was empty: it takes everything queued
+            # until it flushes, so a loop of submits costs one wake-up, not one per task.
+            wake = not self._tasks
             for task, body in accepted:
                 self._outstanding[task.task_id] = task.kind
                 self._tasks.append(body)
-        self._wake()
+        if wake:
+            self._wake()
 
     def cancel(self, task_id: str) -> None:
         """Ask the endpoint to cancel a task (best effort; the outcome comes as a result)."""
