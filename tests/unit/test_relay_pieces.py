@@ -12,6 +12,7 @@ from mpiengine.relay.admin import RelayAdmin, permissions
 from mpiengine.relay.config import load_relay_config
 from mpiengine.relay.ratelimit import RateLimiter
 from mpiengine.relay.store import EXPIRED, RelayStore
+from mpiengine.relay.submit import _stamped
 from mpiengine.service.config import EndpointPaths, ServiceConfig, check_name, load_service_config
 from mpiengine.service.deliveries import Deliveries
 from mpiengine.service.store import LocalStore
@@ -21,6 +22,7 @@ from mpiengine_sdk import (
     PayloadTooLarge,
     RateLimited,
     RelayError,
+    ShellFunction,
 )
 from mpiengine_sdk.client_config import load_client_config, write_client_config
 from mpiengine_sdk.remote.protocol import (
@@ -34,6 +36,8 @@ from mpiengine_sdk.remote.protocol import (
     session_queue,
     task_queue,
 )
+from mpiengine_sdk.spec import ResourceSpec
+from mpiengine_sdk.wire import decode_task, encode_task, replace
 
 
 # -- frames and errors ---------------------------------------------------------------------------
@@ -314,3 +318,17 @@ def test_endpoint_cli_configure_list_status_delete(
     assert missing.exit_code != 0 and "endpoint configure" in missing.output
     assert runner.invoke(endpoint, ["delete", "ep1"]).exit_code == 0
     assert not (tmp_path / "ep1").exists()
+
+
+def test_forwarded_task_lines_carry_the_sender_and_nothing_else() -> None:
+    task = ShellFunction(["true"]).to_task("t1", (), {}, ResourceSpec(num_ranks=2))
+    line = encode_task(task)
+    assert decode_task(_stamped(task, line, "bob")) == replace(task, user="bob")
+    # A client naming a user, or hiding one behind a duplicate key, gets the sender anyway.
+    claimed = encode_task(replace(task, user="alice"))
+    assert decode_task(_stamped(decode_task(claimed), claimed, "bob")).user == "bob"
+    hidden = line[: -len(b"}")].replace(b'"user":""', b'"user":"alice","user":""') + b"}"
+    assert decode_task(hidden).user == ""
+    assert decode_task(_stamped(decode_task(hidden), hidden, "bob")).user == "bob"
+    spaced = line + b" "  # not the SDK's encoding: encoded again
+    assert decode_task(_stamped(decode_task(spaced), spaced, "bob")) == replace(task, user="bob")

@@ -12,6 +12,7 @@ forwards the PENDING tasks again and the endpoint drops what it already has.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,12 +51,29 @@ __all__ = ["SubmitHandler"]
 _TASK_ID = re.compile(rb'"task_id":"([A-Za-z0-9_.-]{1,128})"')
 _FORWARD_TASKS = 1000
 _FORWARD_BYTES = 8 * 1024 * 1024
+#: How the SDK's encoder ends a task line: ``user`` (unset) is the object's last member.
+_NO_USER = b',"user":""}'
 
 
 def _peek_id(line: bytes) -> str | None:
     """The task id of a line too broken or too big to decode, if it can be seen."""
     match = _TASK_ID.search(line[:400])
     return match.group(1).decode() if match else None
+
+
+def _stamped(task: TaskMessage, line: bytes, user: str) -> bytes:
+    """The line to forward: the task as it was checked, with ``user`` set to the sender.
+
+    When the line ends with an unset ``user`` (what the SDK sends), only those bytes change
+    instead of decoding and encoding the task again. That is exact: the last ``"`` there is a
+    real string delimiter (no backslash precedes it) and the line is valid JSON, so that
+    member is the object's last one, and a JSON decoder keeps the last of duplicate keys: the
+    endpoint decodes the very task the relay checked, with this user. Any other line is
+    encoded again from the decoded task.
+    """
+    if not task.user and line.endswith(_NO_USER):
+        return b"".join((line[: -len(_NO_USER)], b',"user":', json.dumps(user).encode(), b"}"))
+    return encode_task(replace(task, user=user))
 
 
 def _check(task: TaskMessage) -> None:
@@ -84,7 +102,7 @@ class SubmitHandler:
             AuthorizationError: the endpoint does not allow the user.
         """
         record = authorize_endpoint(self.store, user, frame.header.get("endpoint_id"))
-        tasks, refused = self._validate(frame.lines)
+        tasks, lines, refused = self._validate(frame.lines)
         new, again, pending = self._dedup(user, tasks, refused)
         principal = self.store.user(user)
         rate = principal.rate if principal and principal.rate else self.config.rate
@@ -97,7 +115,7 @@ class SubmitHandler:
         self.store.admit(user, record.id, reply_to or "", [(t.task_id, t.kind.value) for t in new])
         # PENDING: the relay stopped before the broker confirmed them; forward again (the
         # endpoint drops what it has). Any other state: already on its way, not run twice.
-        self._forward(channel, record, user, [*new, *pending])
+        self._forward(channel, record, user, [*new, *pending], lines)
         answers = [encode_result(r) for r in refused]
         if again and reply_to:  # a resubmitted id: this session gets its (stored) result
             answers += self.stored_results(user, [t.task_id for t in again], reply_to)
@@ -106,9 +124,13 @@ class SubmitHandler:
             channel.publish("", reply_to, body, persistent=False, confirm=False)
         return {"accepted": len(new), "refused": len(refused)}
 
-    def _validate(self, lines: Sequence[bytes]) -> tuple[list[TaskMessage], list[ResultMessage]]:
+    def _validate(
+        self, lines: Sequence[bytes]
+    ) -> tuple[list[TaskMessage], dict[str, bytes], list[ResultMessage]]:
+        """The valid tasks, the line of each task id's first valid copy, the refusals."""
         limit = self.config.max_payload_bytes
         tasks: list[TaskMessage] = []
+        valid: dict[str, bytes] = {}
         refused: list[ResultMessage] = []
         for line in lines:
             error: MPIEngineError
@@ -118,6 +140,7 @@ class SubmitHandler:
                 task = decode_task(line)
                 _check(task)
                 tasks.append(task)
+                valid.setdefault(task.task_id, line)  # _dedup keeps the first copy too
                 continue
             except WireError as exc:
                 error = SubmitError(f"malformed task: {exc}")
@@ -126,7 +149,7 @@ class SubmitHandler:
             tid = _peek_id(line)
             if tid is not None:
                 refused.append(failed_result(tid, error))
-        return tasks, refused
+        return tasks, valid, refused
 
     def _dedup(
         self, user: str, tasks: list[TaskMessage], refused: list[ResultMessage]
@@ -153,13 +176,18 @@ class SubmitHandler:
         return new, again, pending
 
     def _forward(
-        self, channel: Channel, record: EndpointRecord, user: str, tasks: list[TaskMessage]
+        self,
+        channel: Channel,
+        record: EndpointRecord,
+        user: str,
+        tasks: list[TaskMessage],
+        lines: Mapping[str, bytes],
     ) -> None:
         queue = task_queue(record.owner, record.id)
         batch: list[bytes] = []
         size = 0
         for i, task in enumerate(tasks):
-            line = encode_task(replace(task, user=user))
+            line = _stamped(task, lines[task.task_id], user)
             batch.append(line)
             size += len(line)
             if len(batch) >= _FORWARD_TASKS or size >= _FORWARD_BYTES or i == len(tasks) - 1:
