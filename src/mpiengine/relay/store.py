@@ -29,6 +29,8 @@ EXPIRED = "expired"
 #: Before the relay has the broker's confirm that the endpoint queue holds the task.
 PENDING = TaskState.PENDING.value
 _FINAL = {s.value for s in TERMINAL_STATES} | {EXPIRED}
+_FINAL_ARGS = tuple(sorted(_FINAL))  # the parameters of "state NOT IN (...)", once
+_NOT_FINAL = f"state NOT IN ({','.join('?' * len(_FINAL_ARGS))})"
 _CHUNK = 500  # host parameters per IN (...) query, well under SQLite's limit
 
 _SCHEMA = """
@@ -247,20 +249,19 @@ class RelayStore:
         """Store ``(task_id, state, result_line)`` updates from an endpoint: a terminal one
         stores the result; a RUNNING one only moves a task that is not final yet."""
         now = time.time()
-        final = [(s, line, now, tid) for tid, s, line in updates if s in _FINAL]
-        progress = [(s, tid) for tid, s, _ in updates if s not in _FINAL]
+        final = [(s, line, now, tid, *_FINAL_ARGS) for tid, s, line in updates if s in _FINAL]
+        progress = [(s, tid, *_FINAL_ARGS) for tid, s, _ in updates if s not in _FINAL]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "UPDATE tasks SET state = ?, result = ?, completed = ? "
-                f"WHERE task_id = ? AND state NOT IN ({','.join('?' * len(_FINAL))})",
-                [(*f, *sorted(_FINAL)) for f in final],
+                f"WHERE task_id = ? AND {_NOT_FINAL}",
+                final,
             )
-            self._db.executemany(
-                "UPDATE tasks SET state = ? "
-                f"WHERE task_id = ? AND state NOT IN ({','.join('?' * len(_FINAL))})",
-                [(*p, *sorted(_FINAL)) for p in progress],
-            )
+            if progress:
+                self._db.executemany(
+                    f"UPDATE tasks SET state = ? WHERE task_id = ? AND {_NOT_FINAL}", progress
+                )
 
     def reroute(self, user: str, task_ids: Sequence[str], session: str) -> None:
         """Send these tasks' future results to ``session`` (a re-attached client)."""
