@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dill
@@ -59,6 +60,12 @@ def fail_on_rank_two(comm) -> int:
     if comm.Get_rank() == 2:
         raise ValueError("rank two is unhappy")
     return comm.Get_rank()
+
+
+def fail_on_rank_one_before_allreduce(comm) -> int:
+    if comm.Get_rank() == 1:
+        raise ValueError("rank one left early")
+    return comm.allreduce(1)  # the other ranks wait here for rank 1, which never comes
 
 
 def run(sandbox: Path, fn, *args, prefix=(), flags=(), **kwargs) -> subprocess.CompletedProcess:
@@ -175,3 +182,21 @@ def test_mpi_failure_names_the_rank(sandbox: Path, mpi: str) -> None:
     assert "--- rank 2 ---" in out.error_traceback
     assert json.loads((sandbox / "error.json").read_text())["ranks"] == [2]
     assert isinstance(dill.loads(out.error_payload), ValueError)
+
+
+@pytest.mark.mpi
+def test_a_rank_failing_while_others_wait_in_a_collective_aborts_them(
+    sandbox: Path, mpi: str
+) -> None:
+    flags = ("--mpi", "--abort-after", "1")
+    started = time.monotonic()
+    proc = run(sandbox, fail_on_rank_one_before_allreduce, prefix=(mpi, "-n", "4"), flags=flags)
+    took = time.monotonic() - started
+    assert proc.returncode != 0
+    assert took < 60, f"the ranks waited {took:.0f} s instead of being aborted"
+    out = read_python_outcome(sandbox)
+    assert out.value is None and out.error_type == "ValueError"
+    assert out.error_message.startswith("rank 1 failed while other ranks were still running")
+    assert "rank one left early" in out.error_message
+    assert json.loads((sandbox / "error.json").read_text())["ranks"] == [1]
+    assert "rank one left early" in proc.stderr  # the traceback reached stderr too

@@ -14,8 +14,14 @@ With ``--mpi`` every rank calls ``fn(MPI.COMM_WORLD, *args, **kwargs)``; results
 are gathered to rank 0, the only rank that writes files: ``value.dill`` holds rank 0's value,
 or the list of every rank's value with ``--return-all``; ``error.json`` names the failing ranks
 (``"ranks"``) and carries the lowest failing rank's exception. Each failing rank also prints its
-traceback to its stderr: if a rank raises while the others wait in a collective, nothing can be
-gathered and the walltime ends the task, and stderr is then the only record.
+traceback to its stderr.
+
+A rank that raises while the others wait in a collective inside ``fn`` must not leave them
+waiting until the walltime. After ``fn`` every rank enters a non-blocking barrier on a private
+duplicate of the communicator (so it cannot be confused with ``fn``'s own collectives). A rank
+that failed waits for that barrier at most ``--abort-after`` seconds (default 5): if every rank
+arrives, the outcomes are gathered as above; if not, it writes its own ``error.json`` (when it
+can reach the sandbox) and calls ``MPI_Abort``, which ends every rank.
 
 This module imports nothing from the engine but dill (and mpi4py with ``--mpi``): it runs once
 per Python task, and its start-up time is the task's.
@@ -44,11 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpiengine.runner.pyrunner")
     parser.add_argument("--mpi", action="store_true", help="run on every MPI rank (mpi4py)")
     parser.add_argument("--return-all", action="store_true", help="with --mpi: every rank's value")
+    parser.add_argument(
+        "--abort-after",
+        type=float,
+        default=5.0,
+        help="with --mpi: seconds a failed rank waits for the others before MPI_Abort",
+    )
     parser.add_argument("sandbox", type=Path)
     opts = parser.parse_args(argv)
     try:
         if opts.mpi:
-            return _run_mpi(opts.sandbox, opts.return_all)
+            return _run_mpi(opts.sandbox, opts.return_all, opts.abort_after)
         return _run_single(opts.sandbox)
     finally:
         sys.stdout.flush()
@@ -64,15 +76,32 @@ def _run_single(sandbox: Path) -> int:
     return 1
 
 
-def _run_mpi(sandbox: Path, return_all: bool) -> int:
+def _run_mpi(sandbox: Path, return_all: bool, abort_after: float) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     # Rank 0 reads the task and broadcasts it: the sandbox need not be on a shared filesystem.
     task = comm.bcast(_read_task(sandbox) if rank == 0 else None, root=0)
+    control = comm.Dup()  # our own barrier and gather never match fn's collectives
     outcome = _call(task, comm, keep_value=rank == 0 or return_all)
-    outcomes = comm.gather(outcome, root=0)
+    arrived = control.Ibarrier()
+    if outcome[0] == "err" and not _wait(arrived, abort_after):
+        # Others are still inside fn (most likely blocked in a collective this rank left).
+        info = dict(outcome[1])
+        info["message"] = (
+            f"rank {rank} failed while other ranks were still running (aborted after "
+            f"{abort_after:g} s); rank {rank}: {info['message']}"
+        )
+        info["ranks"] = [rank]
+        try:
+            _write_error(sandbox, info, outcome[2])
+        except OSError:
+            pass  # not on this node's filesystem: the traceback on stderr is the record
+        sys.stderr.flush()
+        comm.Abort(1)
+    arrived.Wait()
+    outcomes = control.gather(outcome, root=0)
     if rank != 0 or outcomes is None:
         return 0  # rank 0 reports for everyone (a non-zero rank exit would make mpiexec abort)
     failed = [(r, o) for r, o in enumerate(outcomes) if o[0] == "err"]
@@ -91,6 +120,18 @@ def _run_mpi(sandbox: Path, return_all: bool) -> int:
         return 1
     _write(sandbox, "value.dill", data)
     return 0
+
+
+def _wait(request: Any, seconds: float) -> bool:
+    """Whether the non-blocking ``request`` completes within ``seconds`` (polled)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not request.Test():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _read_task(sandbox: Path) -> bytes | BaseException:
