@@ -7,6 +7,7 @@ any other task), the files written into its sandbox, and its walltime.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections.abc import Mapping
@@ -64,6 +65,8 @@ def _command(task: TaskMessage, sandbox: Path, python: str) -> tuple[str, ...]:
 #: same placement shape: (launcher, Launch, shell-quoted prefix) by shape key. Bounded.
 _RENDERED: dict[tuple[object, ...], tuple[LauncherSpec, Launch, str]] = {}
 _RENDERED_MAX = 4096
+#: Every Placement field but the task id: a new field joins the key by itself.
+_SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(Placement) if f.name != "task_id")
 
 
 def _render(
@@ -79,11 +82,12 @@ def _render(
     options; one that never read ``hostfile`` is reused for the next task of the same shape,
     which is every task but the first on a busy endpoint.
     """
-    p = placement
     key = (
-        id(launcher), p.block_id, p.nodes, p.ranks_per_node, p.cpus_per_rank, p.gpus_per_rank,
-        p.cores, p.gpus, p.exclusive, p.walltime, cores_per_node, options,
-    )  # fmt: skip
+        id(launcher),
+        *(getattr(placement, name) for name in _SHAPE_FIELDS),
+        cores_per_node,
+        options,
+    )
     hit = _RENDERED.get(key)
     if hit is not None and hit[0] is launcher:  # the id was not reused by another launcher
         return hit[1], hit[2]

@@ -193,9 +193,12 @@ def test_local_store_keeps_results_until_sent(tmp_path: Path) -> None:
     assert local.sent_flags(["a", "b", "c"]) == {"a": True, "b": False}
     assert local.count_unsent() == 1
     local.add_cancelled(["x"])
-    assert local.is_cancelled("x") and not local.is_cancelled("a")
+    assert local.cancelled(["x", "a"]) == {"x"}
     local.prune(older_than=1e12)
-    assert local.sent_flags(["a", "b"]) == {"b": False} and not local.is_cancelled("x")
+    assert local.sent_flags(["a", "b"]) == {"b": False} and local.cancelled(["x"]) == set()
+    many = [f"c{i}" for i in range(1200)]  # more than one IN (...) chunk
+    local.add_cancelled(many[::2])
+    assert local.cancelled(many) == set(many[::2])
 
 
 # -- configs -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import selectors
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -102,32 +103,23 @@ def group_has_live_member(pgid: int) -> bool:
 
     ``killpg(pgid, 0)`` also counts zombies. srun forks a helper that outlives it by a moment
     and is reparented to init, which reaps slowly in containers: without this check every
-    srun task would pay a full tree kill (environment scan included) for a dead process. One
-    read of /proc/PID/stat per process, stopping at the first live member; the pids above
-    ``pgid`` (where a task's children usually are) are read first.
+    srun task would pay a full tree kill (environment scan included) for a dead process. Stops
+    at the first live member.
     """
-    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    pids.sort(key=lambda pid: pid < pgid)  # stable: pids >= pgid first, then the rest
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:  # exited since listdir
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rindex(b")") + 2 :].split(b" ", 3)
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            return True
-    return False
+    return any(pgrp == pgid and state != b"Z" for _, state, _, pgrp, _ in _proc_stats())
 
 
 def _proc_table() -> dict[int, tuple[int, int, bool]]:
-    """``{pid: (ppid, session, is_zombie)}`` of every process, one read of /proc/PID/stat each.
+    """``{pid: (ppid, session, is_zombie)}`` of every process.
 
     psutil's process iteration costs about 50 us per process; a kill scans the table a few
     times, on a login node with thousands of processes, from the runner's only thread.
     """
-    table: dict[int, tuple[int, int, bool]] = {}
+    return {pid: (ppid, session, state == b"Z") for pid, state, ppid, _, session in _proc_stats()}
+
+
+def _proc_stats() -> Iterator[tuple[int, bytes, int, int, int]]:
+    """``(pid, state, ppid, pgrp, session)`` of every process, one read of /proc/PID/stat each."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -138,8 +130,7 @@ def _proc_table() -> dict[int, tuple[int, int, bool]]:
             continue
         # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
         fields = stat[stat.rindex(b")") + 2 :].split(b" ", 4)
-        table[int(entry)] = (int(fields[1]), int(fields[3]), fields[0] == b"Z")
-    return table
+        yield int(entry), fields[0], int(fields[1]), int(fields[2]), int(fields[3])
 
 
 def _ancestors(table: dict[int, tuple[int, int, bool]], pid: int) -> set[int]:

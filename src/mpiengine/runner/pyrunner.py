@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,6 @@ def _run_mpi(sandbox: Path, return_all: bool, abort_after: float) -> int:
 
 def _wait(request: Any, seconds: float) -> bool:
     """Whether the non-blocking ``request`` completes within ``seconds`` (polled)."""
-    import time
-
     deadline = time.monotonic() + seconds
     while not request.Test():
         if time.monotonic() >= deadline:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["LocalStore"]
 
@@ -54,15 +55,8 @@ class LocalStore:
 
     def sent_flags(self, task_ids: Sequence[str]) -> dict[str, bool]:
         """For each task that has a stored result: whether the broker confirmed it."""
-        found: dict[str, bool] = {}
-        for i in range(0, len(task_ids), _CHUNK):
-            chunk = task_ids[i : i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for tid, sent in self._db.execute(
-                f"SELECT task_id, sent FROM results WHERE task_id IN ({marks})", tuple(chunk)
-            ):
-                found[tid] = bool(sent)
-        return found
+        rows = self._where_in("SELECT task_id, sent FROM results", task_ids)
+        return {tid: bool(sent) for tid, sent in rows}
 
     def mark_sent(self, task_ids: Iterable[str]) -> None:
         """The broker confirmed these results."""
@@ -94,22 +88,16 @@ class LocalStore:
                 [(t, now) for t in task_ids],
             )
 
-    def is_cancelled(self, task_id: str) -> bool:
-        """True if a cancel for this task arrived before the task."""
-        row = self._db.execute("SELECT 1 FROM cancelled WHERE task_id = ?", (task_id,)).fetchone()
-        return row is not None
-
     def cancelled(self, task_ids: Sequence[str]) -> set[str]:
-        """Those of ``task_ids`` whose cancel arrived before them (one query per chunk)."""
-        found: set[str] = set()
+        """Those of ``task_ids`` whose cancel arrived before them."""
+        return {tid for (tid,) in self._where_in("SELECT task_id FROM cancelled", task_ids)}
+
+    def _where_in(self, select: str, task_ids: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``select ... WHERE task_id IN (task_ids)``, one query per chunk."""
         for i in range(0, len(task_ids), _CHUNK):
-            chunk = task_ids[i : i + _CHUNK]
+            chunk = tuple(task_ids[i : i + _CHUNK])
             marks = ",".join("?" * len(chunk))
-            for (tid,) in self._db.execute(
-                f"SELECT task_id FROM cancelled WHERE task_id IN ({marks})", tuple(chunk)
-            ):
-                found.add(tid)
-        return found
+            yield from self._db.execute(f"{select} WHERE task_id IN ({marks})", chunk)
 
     def prune(self, older_than: float) -> None:
         """Forget sent results and cancels older than ``older_than`` (epoch seconds)."""
