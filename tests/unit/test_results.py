@@ -297,6 +297,7 @@ SAMPLES: dict[str, MPIEngineError] = {
     "TaskError": errors.TaskError("task error"),
     "TaskFailed": TaskFailed("launch failed"),
     "TaskTimeout": TaskTimeout("too slow"),
+    "TaskHung": errors.TaskHung("no output for 2.0 s"),
     "TaskCancelled": TaskCancelled("cancelled at submit"),
     "BlockLost": BlockLost("block gone"),
     "RemoteExecutionError": RemoteExecutionError("ValueError", "bad", "Traceback..."),

@@ -135,6 +135,7 @@ def test_to_dict_is_plain_json_with_every_field():
         "exclusive",
         "launcher_options",
         "retries",
+        "progress_timeout",
     }
     assert data["launcher_options"] == ["-v"]
 

@@ -19,6 +19,7 @@ MPIEngineError                      base of everything below
 └── TaskError                       a task ran (or was meant to run) and did not succeed
     ├── TaskFailed                  non-zero exit (from result.check()), or the launch failed
     ├── TaskTimeout                 the walltime expired; the whole process tree was killed
+    ├── TaskHung                    no output for progress_timeout s; the whole tree was killed
     ├── TaskCancelled               cancelled before or while running
     ├── BlockLost                   the block running it vanished and retries ran out
     └── RemoteExecutionError        a Python task raised; carries the remote traceback
@@ -51,6 +52,7 @@ __all__ = [
     "TaskCancelled",
     "TaskError",
     "TaskFailed",
+    "TaskHung",
     "TaskTimeout",
     "TaskTooLarge",
     "TemplateError",
@@ -249,6 +251,21 @@ class TaskFailed(TaskError):
 
 class TaskTimeout(TaskError):
     """The task's walltime expired; its whole process tree was killed (returncode 124)."""
+
+
+class TaskHung(TaskError):
+    """The task wrote nothing to stdout or stderr for its ``progress_timeout`` and was killed.
+
+    Its whole process tree was killed as at a walltime (returncode 125, state HUNG); ``stdout``
+    and ``stderr`` hold the tails, which show where it stopped.
+    """
+
+    def __str__(self) -> str:
+        # The base shows the stderr tail; a hung task's last words are as often on stdout.
+        text = super().__str__()
+        if self.stdout:
+            text += "\n--- stdout (tail) ---\n" + self.stdout.rstrip("\n")
+        return text
 
 
 class TaskCancelled(TaskError):

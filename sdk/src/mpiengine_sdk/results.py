@@ -30,6 +30,7 @@ from mpiengine_sdk.errors import (
     TaskCancelled,
     TaskError,
     TaskFailed,
+    TaskHung,
     TaskTimeout,
     TaskTooLarge,
 )
@@ -48,7 +49,8 @@ class ShellResult:
 
     Attributes:
         argv: the exact argv that was launched (launcher included, for MPI tasks).
-        returncode: the exit code; 124 when the walltime expired and the task was killed.
+        returncode: the exit code; 124 when the walltime expired and the task was killed, 125
+            when it was killed as hung (no output for its ``progress_timeout``).
         stdout: the last ``snippet_lines`` lines of stdout.
         stderr: the same for stderr.
         stdout_path: the full stdout file, in the sandbox on the endpoint's filesystem.
@@ -59,7 +61,8 @@ class ShellResult:
         started: wall-clock start, epoch seconds (None if unknown).
         ended: wall-clock end, epoch seconds (None if unknown).
         task_id: the task's id.
-        state: COMPLETED, or TIMEOUT when the walltime expired.
+        state: COMPLETED, TIMEOUT when the walltime expired, or HUNG when the task wrote
+            nothing for its ``progress_timeout`` and was killed.
     """
 
     argv: tuple[str, ...] = ()
@@ -98,7 +101,8 @@ class ShellResult:
 
         Raises:
             TaskTimeout: the walltime expired (state TIMEOUT; returncode 124).
-            TaskFailed: any other non-zero exit, 124 included when the state is COMPLETED.
+            TaskHung: no output for its ``progress_timeout``; killed (state HUNG; returncode 125).
+            TaskFailed: any other non-zero exit, 124 or 125 included when the state is COMPLETED.
         """
         if self.returncode == 0:
             return self
@@ -115,6 +119,13 @@ class ShellResult:
             raise TaskTimeout(
                 f"task {self.task_id} ({self.cmd}) reached its walltime and was killed "
                 f"(returncode 124); resubmit with a longer walltime{where}",
+                **fields,
+            )
+        if self.state is TaskState.HUNG:
+            raise TaskHung(
+                f"task {self.task_id} ({self.cmd}) wrote nothing to stdout or stderr for its "
+                f"progress_timeout and was killed as hung (returncode {self.returncode}); see "
+                f"where its output stopped below{where}",
                 **fields,
             )
         raise TaskFailed(
@@ -149,6 +160,7 @@ def unpack_result(kind: TaskKind, msg: ResultMessage) -> object:
         TaskCancelled: the task was cancelled.
         BlockLost: its block was lost and its retries are spent.
         TaskTimeout: a Python task reached its walltime.
+        TaskHung: a Python task wrote nothing for its ``progress_timeout`` and was killed.
         BaseException: the exception a Python task raised, with the remote traceback as a note
             (RemoteExecutionError when it cannot be rebuilt here).
         MPIEngineError: FAILED with ``error_type`` naming an mpiengine error (TaskTooLarge,
@@ -180,6 +192,15 @@ def unpack_result(kind: TaskKind, msg: ResultMessage) -> object:
             msg.error_message
             or f"task {msg.task_id} reached its walltime and was killed; resubmit with a "
             "longer walltime",
+            task_id=msg.task_id,
+            returncode=msg.returncode,
+            stdout=msg.stdout,
+            stderr=msg.stderr,
+        )
+    if state is TaskState.HUNG:
+        raise TaskHung(
+            msg.error_message
+            or f"task {msg.task_id} wrote nothing for its progress_timeout and was killed",
             task_id=msg.task_id,
             returncode=msg.returncode,
             stdout=msg.stdout,

@@ -35,6 +35,7 @@ _DEFAULTS: dict[str, Any] = {
     "exclusive": False,
     "launcher_options": (),
     "retries": 0,
+    "progress_timeout": None,
 }
 
 _FIELDS = (*_SHAPE, *_DEFAULTS)
@@ -56,6 +57,9 @@ class ResourceSpec:
         exclusive: hold the task's nodes whole, even when it uses fewer cores than they have.
         launcher_options: extra launcher arguments, one list element per argument.
         retries: how many times the task may be re-run when its block is lost (>= 0).
+        progress_timeout: seconds the task may go without its stdout or stderr growing before
+            it is taken as hung: its process tree is killed as at the walltime, and it ends in
+            state HUNG (returncode 125, ``TaskHung``); None: no such check.
     """
 
     num_nodes: int
@@ -68,6 +72,7 @@ class ResourceSpec:
     exclusive: bool
     launcher_options: tuple[str, ...]
     retries: int
+    progress_timeout: float | None
     # Which fields the caller set, so merged() can tell an override from a default. Not compared:
     # two specs with the same values are equal however they were made.
     _given: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -85,6 +90,7 @@ class ResourceSpec:
         exclusive: bool | None = None,
         launcher_options: Sequence[str] | None = None,
         retries: int | None = None,
+        progress_timeout: float | None = None,
     ) -> None:
         """Check every field and fill in the shape.
 
@@ -104,6 +110,7 @@ class ResourceSpec:
             "exclusive": exclusive,
             "launcher_options": launcher_options,
             "retries": retries,
+            "progress_timeout": progress_timeout,
         }
         self._fill(given, frozenset(k for k, v in given.items() if v is not None))
 
@@ -121,11 +128,12 @@ class ResourceSpec:
             **dict(zip(_SHAPE, shape, strict=True)),
             "cpus_per_rank": _check_int("cpus_per_rank", opt("cpus_per_rank"), 1),
             "gpus_per_rank": _check_int("gpus_per_rank", opt("gpus_per_rank"), 0),
-            "walltime": _check_walltime("walltime", values.get("walltime")),
+            "walltime": _check_seconds("walltime", values.get("walltime")),
             "priority": _check_int("priority", opt("priority"), None),
             "exclusive": _check_bool("exclusive", opt("exclusive")),
             "launcher_options": _check_options(opt("launcher_options")),
             "retries": _check_int("retries", opt("retries"), 0),
+            "progress_timeout": _check_seconds("progress_timeout", values.get("progress_timeout")),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -260,7 +268,7 @@ def _check_int(name: str, value: Any, minimum: int | None, optional: bool = Fals
     return number
 
 
-def _check_walltime(name: str, value: Any) -> float | None:
+def _check_seconds(name: str, value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -29,6 +29,9 @@ class TaskState(enum.StrEnum):
     #: The walltime expired and the whole process tree was killed (returncode 124). Distinct from
     #: FAILED because the task may simply need more time: resubmit with a longer walltime.
     TIMEOUT = "timeout"
+    #: Its stdout and stderr did not grow for the spec's ``progress_timeout`` seconds, so it was
+    #: taken as hung and its whole process tree was killed as at a walltime (returncode 125).
+    HUNG = "hung"
     #: Cancelled by the user, before or while running.
     CANCELLED = "cancelled"
     #: The block running it was lost (cancelled, node failure, block walltime) and the task's
@@ -46,6 +49,7 @@ TERMINAL_STATES = frozenset(
         TaskState.COMPLETED,
         TaskState.FAILED,
         TaskState.TIMEOUT,
+        TaskState.HUNG,
         TaskState.CANCELLED,
         TaskState.LOST,
     }
