@@ -24,6 +24,8 @@ def _state(done: Completion) -> TaskState:
         return TaskState.CANCELLED
     if done.timed_out:
         return TaskState.TIMEOUT
+    if done.hung:
+        return TaskState.HUNG
     return TaskState.COMPLETED
 
 
@@ -65,6 +67,14 @@ def result_from_completion(
         fields.update(
             error_type="TaskTimeout",
             error_message=f"walltime of {placement.walltime} s expired; process tree killed",
+        )
+    elif state is TaskState.HUNG:
+        fields.update(
+            error_type="TaskHung",
+            error_message=(
+                f"no output on stdout or stderr for {task.spec.get('progress_timeout')} s "
+                "(progress_timeout); taken as hung and process tree killed"
+            ),
         )
     return ResultMessage(
         task_id=task.task_id,

@@ -162,4 +162,5 @@ def build_launch(
         walltime=placement.walltime,
         snippet_lines=task.snippet_lines,
         files=files,
+        progress_timeout=spec.progress_timeout,
     )

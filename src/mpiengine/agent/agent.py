@@ -265,7 +265,7 @@ class Agent:
         if self._stop_reason is not None:
             self._post(done)  # the job ends with this agent, and every step with it
             return
-        if (done.timed_out or done.cancelled) and self._steps.job_id:
+        if (done.timed_out or done.hung or done.cancelled) and self._steps.job_id:
             thread = threading.Thread(target=self._clean_then_post, args=(done,), daemon=True)
         elif done.returncode in _KILLED_BY_JOB_END:
             # When Slurm ends the job it signals every process of it; srun may die of it just

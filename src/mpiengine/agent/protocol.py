@@ -71,6 +71,7 @@ def launch_to_dict(spec: LaunchSpec) -> dict[str, Any]:
         "walltime": spec.walltime,
         "snippet_lines": spec.snippet_lines,
         "files": {k: base64.b64encode(v).decode("ascii") for k, v in spec.files.items()},
+        "progress_timeout": spec.progress_timeout,
     }
 
 
@@ -82,6 +83,7 @@ def launch_from_dict(data: Mapping[str, Any]) -> LaunchSpec:
     """
     try:
         walltime = data["walltime"]
+        progress_timeout = data["progress_timeout"]
         return LaunchSpec(
             task_id=str(data["task_id"]),
             argv=tuple(str(a) for a in data["argv"]),
@@ -90,6 +92,7 @@ def launch_from_dict(data: Mapping[str, Any]) -> LaunchSpec:
             walltime=None if walltime is None else float(walltime),
             snippet_lines=int(data["snippet_lines"]),
             files={str(k): base64.b64decode(v) for k, v in data["files"].items()},
+            progress_timeout=None if progress_timeout is None else float(progress_timeout),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProtocolError(f"bad launch spec: {exc!r}") from exc
@@ -111,6 +114,7 @@ def completion_to_dict(done: Completion) -> dict[str, Any]:
         "timed_out": done.timed_out,
         "cancelled": done.cancelled,
         "error": done.error,
+        "hung": done.hung,
     }
 
 
@@ -137,6 +141,7 @@ def completion_from_dict(data: Mapping[str, Any]) -> Completion:
             timed_out=bool(data["timed_out"]),
             cancelled=bool(data["cancelled"]),
             error=str(data["error"]),
+            hung=bool(data["hung"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad completion: {exc!r}") from exc

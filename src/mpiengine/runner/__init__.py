@@ -23,7 +23,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mpiengine.runner.launch import TASK_MARKER_ENV, TIMEOUT_RETURNCODE, Completion, LaunchSpec
+    from mpiengine.runner.launch import (
+        HUNG_RETURNCODE,
+        TASK_MARKER_ENV,
+        TIMEOUT_RETURNCODE,
+        Completion,
+        LaunchSpec,
+    )
     from mpiengine.runner.process import TaskRunner
     from mpiengine.runner.proctree import KilledProcess, TreeKill, find_tree, kill_tree
     from mpiengine.runner.pyoutcome import PythonOutcome, read_python_outcome
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Completion",
+    "HUNG_RETURNCODE",
     "KilledProcess",
     "LaunchSpec",
     "PythonOutcome",
@@ -59,6 +66,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "HUNG_RETURNCODE": "launch",
     "TASK_MARKER_ENV": "launch",
     "TIMEOUT_RETURNCODE": "launch",
     "Completion": "launch",

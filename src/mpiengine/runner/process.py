@@ -22,6 +22,10 @@ How a task ends:
 2. Its walltime expires, or ``kill()`` is called: the whole tree is killed (see ``proctree``):
    SIGTERM, ``kill_grace`` seconds, SIGKILL. A walltime kill reports returncode 124 and
    ``timed_out``; ``kill()`` reports ``cancelled`` with the root's own status.
+   With ``progress_timeout``, the sizes of its stdout and stderr files are read (one stat each)
+   on the same heap of deadlines; when neither changed for that many seconds the tree is killed
+   the same way and the task is reported ``hung`` with returncode 125. A change counts from
+   when it is seen, so a task is never taken as hung before it has been silent that long.
 3. It cannot be started (missing executable, bad sandbox): ``error`` says why, returncode None.
 """
 
@@ -42,7 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mpiengine.runner.launch import TASK_MARKER_ENV, TIMEOUT_RETURNCODE, Completion, LaunchSpec
+from mpiengine.runner.launch import (
+    HUNG_RETURNCODE,
+    TASK_MARKER_ENV,
+    TIMEOUT_RETURNCODE,
+    Completion,
+    LaunchSpec,
+)
 from mpiengine.runner.proctree import TreeKill, group_has_live_member, kill_tree
 from mpiengine.runner.sandbox import write_files
 from mpiengine.runner.spawn import reap, spawn
@@ -58,7 +68,10 @@ _ABANDON_AFTER = 10.0
 #: Commands handled per wake-up before the loop looks at exits again.
 _BATCH = 16
 
-_Deadline = Literal["walltime", "grace", "abandon"]
+#: The longest wait between two looks at the output sizes of a task with a progress_timeout.
+_PROGRESS_CHECK_MAX = 1.0
+
+_Deadline = Literal["walltime", "grace", "abandon", "progress"]
 
 #: Runners not yet closed; at interpreter exit their task trees are killed, not orphaned.
 _LIVE: weakref.WeakSet[TaskRunner] = weakref.WeakSet()
@@ -74,6 +87,10 @@ class _Task:
     started: float | None = None
     returncode: int | None = None
     timed_out: bool = False
+    hung: bool = False
+    #: progress_timeout: (stdout, stderr) sizes last seen, and when they last changed (monotonic).
+    output_sizes: tuple[int, int] = (0, 0)
+    output_seen: float = 0.0
     cancelled: bool = False
     error: str = ""
     tree: TreeKill | None = None
@@ -252,12 +269,12 @@ class TaskRunner:
                 assert isinstance(arg, str)
                 task = self._tasks.get(arg)
                 if task is not None and not task.done:
-                    task.cancelled = task.cancelled or not task.timed_out
+                    task.cancelled = task.cancelled or not (task.timed_out or task.hung)
                     self._begin_kill(task)
             else:
                 self._stopping = True
                 for task in list(self._tasks.values()):
-                    if arg and not task.timed_out:
+                    if arg and not (task.timed_out or task.hung):
                         task.cancelled = True
                     if arg:
                         self._begin_kill(task)
@@ -287,6 +304,9 @@ class TaskRunner:
         self._selector.register(task.pidfd, selectors.EVENT_READ, (task, task.pid))
         if spec.walltime is not None:
             self._at(time.monotonic() + spec.walltime, task, "walltime")
+        if spec.progress_timeout is not None:
+            task.output_seen = time.monotonic()  # the output files were just created empty
+            self._at(task.output_seen + _progress_period(spec.progress_timeout), task, "progress")
 
     def _start_process(self, spec: LaunchSpec) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -354,10 +374,30 @@ class TaskRunner:
                     task.timed_out = True
                     task.cancelled = False
                     self._begin_kill(task)
+            elif kind == "progress":
+                self._check_progress(task, now)
             elif kind == "grace":
                 self._kill_now(task)
             else:
                 self._abandon(task)
+
+    def _check_progress(self, task: _Task, now: float) -> None:
+        """Kill the task as hung when its output has not changed for its progress_timeout."""
+        timeout = task.spec.progress_timeout
+        if timeout is None or task.tree is not None or task.returncode is not None:
+            return  # already being killed, or its root exited: no more checks
+        sizes = _output_sizes(str(task.spec.sandbox))
+        if sizes != task.output_sizes:
+            task.output_sizes = sizes
+            task.output_seen = now
+        elif now >= task.output_seen + timeout:  # the same sum as the deadline below
+            task.hung = True
+            task.cancelled = False
+            self._begin_kill(task)
+            return
+        # The next look: one period on, but not past the moment silence would reach the limit.
+        when = min(now + _progress_period(timeout), task.output_seen + timeout)
+        self._at(when, task, "progress")
 
     def _kill_now(self, task: _Task) -> None:
         if task.tree is None or task.done:
@@ -385,7 +425,13 @@ class TaskRunner:
         out, err = f"{sandbox}/stdout", f"{sandbox}/stderr"
         done = Completion(
             task_id=spec.task_id,
-            returncode=TIMEOUT_RETURNCODE if task.timed_out else task.returncode,
+            returncode=(
+                TIMEOUT_RETURNCODE
+                if task.timed_out
+                else HUNG_RETURNCODE
+                if task.hung
+                else task.returncode
+            ),
             stdout=tail(out, spec.snippet_lines, self._tail_bytes),
             stderr=tail(err, spec.snippet_lines, self._tail_bytes),
             stdout_path=out,
@@ -397,6 +443,7 @@ class TaskRunner:
             timed_out=task.timed_out,
             cancelled=task.cancelled,
             error=task.error,
+            hung=task.hung,
         )
         del self._tasks[spec.task_id]
         if len(self._deadlines) > 64 and len(self._deadlines) > 4 * len(self._tasks):
@@ -429,6 +476,23 @@ class TaskRunner:
 def _close_live_runners() -> None:
     for runner in list(_LIVE):
         runner.close(kill=True)
+
+
+def _progress_period(timeout: float) -> float:
+    """Seconds between two looks at a task's output sizes: a quarter of its progress_timeout,
+    at most ``_PROGRESS_CHECK_MAX`` (one stat per file per look)."""
+    return min(timeout / 4, _PROGRESS_CHECK_MAX)
+
+
+def _output_sizes(sandbox: str) -> tuple[int, int]:
+    """The sizes of the sandbox's stdout and stderr files (-1 for one that is gone)."""
+    sizes = []
+    for name in ("stdout", "stderr"):
+        try:
+            sizes.append(os.stat(f"{sandbox}/{name}").st_size)
+        except OSError:
+            sizes.append(-1)
+    return sizes[0], sizes[1]
 
 
 def _group_alive(pgid: int) -> bool:
