@@ -4,16 +4,19 @@ Checked on every generated run: no core or GPU is held by two tasks at once, eac
 matches its request and its block, nothing runs past its block's end, the head task starts no
 later than any reservation it was given, FIFO among equal shapes (so priority order too), every
 task that fits eventually runs and none is lost. Plus aging under a stream of higher-priority
-tasks, ``remove_block`` and ``check_fits``.
+tasks, ``remove_block``, ``exclude_node`` (failed nodes) and ``check_fits``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mpiengine.placement import Placement
 from mpiengine.scheduler import (
     BlockInfo,
     BlockShape,
@@ -295,3 +298,108 @@ def test_check_fits_refuses_exactly_the_impossible(shapes, tasks) -> None:
         sched.add_block(BlockInfo("b", nodes, shape.cores_per_node, shape.gpus_per_node, None))
         sched.submit(req)
         assert [p.task_id for p in sched.schedule(0.0)] == [req.task_id]
+
+
+@SETTINGS
+@given(
+    blocks(limited=False),
+    sim_tasks(),
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 2), st.integers(0, 4)), max_size=5),
+)
+def test_no_placement_ever_includes_an_excluded_node(blocks_, tasks, failures) -> None:
+    # Nodes fail at given times; as the engine does, the tasks on a failed node are killed
+    # (released) and submitted again. Checked: exclude_node names exactly the tasks running
+    # there, no placement after a failure uses the node, no slot is held twice, and every
+    # task that still fits what is left of some block runs.
+    sched = Scheduler(aging_interval=50.0)
+    for b in blocks_:
+        sched.add_block(b)
+    by_block = {b.block_id: b for b in blocks_}
+    arrivals = sorted(tasks, key=lambda t: t.request.submit_time)
+    runtime = {t.request.task_id: t.runtime for t in tasks}
+    reqs = {t.request.task_id: t.request for t in tasks}
+    fails = sorted(failures)
+    running: dict[str, tuple[float, Placement]] = {}
+    excluded: set[tuple[str, str]] = set()
+    done: set[str] = set()
+    now = 0.0
+    while arrivals or running or fails:
+        now = min(
+            arrivals[0].request.submit_time if arrivals else math.inf,
+            min((end for end, _ in running.values()), default=math.inf),
+            fails[0][0] if fails else math.inf,
+        )
+        for task_id in [t for t, (end, _) in running.items() if end <= now]:
+            assert sched.release(task_id)
+            del running[task_id]
+            done.add(task_id)
+        while arrivals and arrivals[0].request.submit_time <= now:
+            sched.submit(arrivals.pop(0).request)
+        while fails and fails[0][0] <= now:
+            _, b, n = fails.pop(0)
+            block = blocks_[b % len(blocks_)]
+            node = block.nodes[n % len(block.nodes)]
+            hit = sched.exclude_node(block.block_id, node)
+            on_node = [t for t, (_, p) in running.items() if p.block_id == block.block_id
+                       and node in p.nodes]  # fmt: skip
+            assert sorted(hit) == sorted(on_node)
+            assert sched.exclude_node(block.block_id, node) == []  # once is enough
+            excluded.add((block.block_id, node))
+            for task_id in hit:
+                assert sched.release(task_id)
+                del running[task_id]
+                sched.submit(reqs[task_id])
+        for p in sched.schedule(now):
+            assert not {(p.block_id, n) for n in p.nodes} & excluded, "placed on a failed node"
+            for _, other in running.values():
+                if other.block_id != p.block_id:
+                    continue
+                for node, cores in zip(p.nodes, p.cores, strict=True):
+                    if node in other.nodes:
+                        theirs = other.cores[other.nodes.index(node)]
+                        assert not set(cores) & set(theirs), f"core on {node} held twice"
+            limit = math.inf if p.walltime is None else p.walltime
+            running[p.task_id] = (now + min(runtime[p.task_id], limit), p)
+    for t in tasks:
+        if t.request.task_id in done:
+            continue
+        req = t.request
+        usable = {
+            b.block_id: len(b.nodes) - sum(1 for bid, _ in excluded if bid == b.block_id)
+            for b in blocks_
+        }
+        assert not any(
+            req.num_nodes <= usable[b.block_id]
+            and req.cores_per_node <= b.cores_per_node
+            and req.gpus_per_node <= b.gpus_per_node
+            for b in by_block.values()
+        ), f"{req.task_id} fits what is left but never ran"
+        assert sched.is_waiting(req.task_id)
+    # Nothing runs now: every slot of a usable node is free, none of a failed one is offered.
+    for b in blocks_:
+        pool = sched._pools[b.block_id]
+        assert pool.free_cores == b.cores_per_node * pool.usable
+
+
+def test_exclude_node_refuses_an_unknown_block_or_node() -> None:
+    sched = Scheduler()
+    sched.add_block(BlockInfo("b", ("n0", "n1"), 2))
+    with pytest.raises(KeyError):
+        sched.exclude_node("nope", "n0")
+    with pytest.raises(ValueError, match="has no node 'n9'"):
+        sched.exclude_node("b", "n9")
+
+
+def test_a_retired_block_takes_nothing_new_and_is_idle_once_its_tasks_end() -> None:
+    sched = Scheduler()
+    sched.add_block(BlockInfo("b", ("n0", "n1"), 2))
+    sched.submit(TaskRequest("first", 1, 1))
+    [placed] = sched.schedule(0.0)
+    sched.retire_block("b")
+    sched.submit(TaskRequest("second", 1, 1))
+    assert sched.schedule(1.0) == []
+    assert sched.idle_blocks() == []
+    assert sched.demand(1.0).head_needs_new_block
+    assert sched.release(placed.task_id)
+    assert sched.idle_blocks() == ["b"]
+    assert sched.schedule(2.0) == [] and sched.is_waiting("second")

@@ -56,7 +56,7 @@ def find_fit(
     best_whole = n + 1
     res_mattered = False
     for pool in pools:
-        if pool.dirty <= since or n > pool.size or c > pool.cpn or g > pool.gpn:
+        if pool.dirty <= since or n > pool.usable or c > pool.cpn or g > pool.gpn:
             continue
         keys = pool.keys
         # Quick refusals before collecting nodes: no node, or too few cores, free enough;

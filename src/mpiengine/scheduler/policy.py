@@ -114,6 +114,46 @@ class Scheduler:
             self._res = None
         return list(pool.tasks)
 
+    def exclude_node(self, block_id: str, node: str) -> list[str]:
+        """Never place a task on ``node`` of ``block_id`` again (the node failed).
+
+        Tasks running there keep their slots until :meth:`release` (kill them first: their
+        other nodes must not be reused while their ranks still run); the slots on ``node``
+        are then not offered again. A task needing more nodes than the block has left no
+        longer fits it (``demand`` then asks for a new block). Repeating it changes nothing.
+
+        Returns:
+            the ids of the tasks running on ``node``, in start order (none the second time).
+
+        Raises:
+            KeyError: no such block.
+            ValueError: ``node`` is not one of its nodes.
+        """
+        pool = self._pools[block_id]
+        try:
+            index = pool.info.nodes.index(node)
+        except ValueError:
+            raise ValueError(f"block {block_id!r} has no node {node!r}") from None
+        hit = pool.exclude(index)
+        # Less room only: failure memos stay true; a reservation on this block may not.
+        if self._res is not None and self._res.pool is pool:
+            self._res = None
+        return hit
+
+    def retire_block(self, block_id: str) -> None:
+        """Place nothing more on a block (it is being replaced); running tasks go on.
+
+        It shows in :meth:`idle_blocks` once they have ended.
+
+        Raises:
+            KeyError: no such block.
+        """
+        pool = self._pools[block_id]
+        for index in range(pool.size):
+            pool.exclude(index)
+        if self._res is not None and self._res.pool is pool:
+            self._res = None
+
     def idle_blocks(self) -> list[str]:
         """Ids of the blocks that run no task (candidates for release), oldest first."""
         return [block_id for block_id, pool in self._pools.items() if not pool.tasks]

@@ -72,6 +72,8 @@ class BlockPool:
         self.buckets: dict[Need, set[int]] = {self.full_key: set(range(count))}
         self.keys: list[Need] = [self.full_key]
         self.free_cores = cpn * count
+        self.excluded: set[int] = set()  # failed nodes: never offered again
+        self.usable = count  # nodes not excluded
         self.tasks: dict[str, Running] = {}
         self.ends: SortedList[tuple[float, int, str]] = SortedList()  # (end, seq, task id)
         self._ids = [tuple(range(k)) for k in range(max(cpn, gpn) + 1)]
@@ -81,7 +83,7 @@ class BlockPool:
     def need(self, req: TaskRequest) -> Need | None:
         """Cores and GPUs ``req`` takes per node here; None if this block can never hold it."""
         c, g = req.cores_per_node, req.gpus_per_node
-        if req.num_nodes > self.size or c > self.cpn or g > self.gpn:
+        if req.num_nodes > self.usable or c > self.cpn or g > self.gpn:
             return None
         return self.full_key if req.exclusive else (c, g)
 
@@ -208,14 +210,20 @@ class BlockPool:
         self.dirty = tick
         self.ends.remove((run.end, run.seq, task_id))
         c, g = run.ncores, run.ngpus
-        self.free_cores += c * len(run.nodes)
+        excluded = self.excluded
+        back = run.nodes
+        if excluded and not excluded.isdisjoint(back):  # slots on failed nodes stay out
+            back = tuple(i for i in back if i not in excluded)
+        self.free_cores += c * len(back)
         if run.whole:  # the nodes' free lists are still the full ones (see __init__)
+            if not back:
+                return
             full = self.buckets.get(self.full_key)
             if full is None:
-                self.buckets[self.full_key] = set(run.nodes)
+                self.buckets[self.full_key] = set(back)
                 self.keys.append(self.full_key)
             else:
-                full.update(run.nodes)
+                full.update(back)
             return
         for i, ci, gi in zip(run.nodes, run.cores, run.gpus, strict=True):
             free_c, free_g = self.cores[i], self.gpus[i]
@@ -225,7 +233,27 @@ class BlockPool:
             if gi:
                 free_g.extend(gi)
                 free_g.sort()
-            self._move(i, (oc, og), (oc + c, og + g))
+            if not excluded or i not in excluded:
+                self._move(i, (oc, og), (oc + c, og + g))
+
+    def exclude(self, i: int) -> list[str]:
+        """Never offer node ``i`` again (it failed); its running tasks keep their slots.
+
+        Returns:
+            the ids of the tasks running on it, in start order (kill them; their slots on
+            the other nodes come back as usual when they are given back).
+        """
+        if i in self.excluded:
+            return []
+        self.excluded.add(i)
+        self.usable -= 1
+        # Only a node in a bucket has free slots (a node held whole keeps stale full lists).
+        key = (len(self.cores[i]), len(self.gpus[i]))
+        bucket = self.buckets.get(key)
+        if bucket is not None and i in bucket:
+            self._move(i, key, (0, 0))
+            self.free_cores -= key[0]
+        return [run.task_id for run in self.tasks.values() if i in run.nodes]
 
     # -- reservations ----------------------------------------------------------------------
 
@@ -262,8 +290,9 @@ class BlockPool:
                 return None
             run = self.tasks[task_id]
             if run.whole:  # wholly held nodes come back wholly free
-                chosen.extend(run.nodes)
-                seen.update(run.nodes)
+                back = [i for i in run.nodes if i not in self.excluded]
+                chosen.extend(back)
+                seen.update(back)
             else:
                 self._project(run, need, proj, seen, chosen)
             if len(chosen) >= n:
@@ -273,7 +302,7 @@ class BlockPool:
         for i in range(self.size):
             if len(chosen) >= n:
                 break
-            if i not in seen:
+            if i not in seen and i not in self.excluded:
                 chosen.append(i)
         return math.inf, chosen
 
@@ -293,6 +322,6 @@ class BlockPool:
             pc += run.ncores
             pg += run.ngpus
             proj[i] = (pc, pg)
-            if pc >= c and pg >= g and i not in seen:
+            if pc >= c and pg >= g and i not in seen and i not in self.excluded:
                 seen.add(i)
                 chosen.append(i)
