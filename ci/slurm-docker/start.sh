@@ -3,7 +3,8 @@
 # munged, slurmctld and one `slurmd -N nodeK` per node, each slurmd in its own UTS namespace
 # with hostname nodeK. Idempotent: an already healthy cluster is left as it is.
 #
-# Env: SLURM_NODES (4), SLURM_CPUS (4), MPIENGINE_SLURM_DIR (<repo>/.state/slurm),
+# Env: SLURM_NODES (4 CPU nodes), SLURM_CPUS (2), SLURM_GPU_NODES (1 more node, partition gpu),
+#      SLURM_GPU_CPUS (4), SLURM_GPUS (4 fake GPUs per GPU node), MPIENGINE_SLURM_DIR (<repo>/.state/slurm),
 #      SLURM_START_TIMEOUT (60 s), SLURM_CTLD_PORT (6817), SLURMD_PORT_BASE (17001).
 # Then: source <state>/env.sh   (export SLURM_CONF=<state>/slurm.conf)
 set -euo pipefail
@@ -13,7 +14,11 @@ umask 022
 . "$(dirname "$0")/lib.sh"
 
 NODES=${SLURM_NODES:-4}
-CPUS=${SLURM_CPUS:-4}
+CPUS=${SLURM_CPUS:-2}
+GPU_NODES=${SLURM_GPU_NODES:-1}
+GPU_CPUS=${SLURM_GPU_CPUS:-4}
+GPUS=${SLURM_GPUS:-4}
+ALL_NODES=$((NODES + GPU_NODES))
 START_TIMEOUT=${SLURM_START_TIMEOUT:-60}
 SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
 MPI_PACKAGES=(mpich libmpich-dev openmpi-bin libopenmpi-dev libpmix2 libpmix-dev)
@@ -46,16 +51,16 @@ node_states() {
     SLURM_CONF=$CONF timeout 5 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u || true
 }
 
-# True when all NODES nodes are listed and each is in one of the states given (regex).
+# True when all ALL_NODES nodes are listed and each is in one of the states given (regex).
 nodes_in() {
     local pattern=$1 states
     states=$(node_states)
-    [ "$(printf '%s\n' "$states" | grep -cE "^node[0-9]+ ($pattern)\$")" -eq "$NODES" ]
+    [ "$(printf '%s\n' "$states" | grep -cE "^node[0-9]+ ($pattern)\$")" -eq "$ALL_NODES" ]
 }
 
 daemons_alive() {
     local name
-    for name in munged slurmctld $(seq -f 'slurmd.node%g' 1 "$NODES"); do
+    for name in munged slurmctld $(seq -f 'slurmd.node%g' 1 "$ALL_NODES"); do
         recorded_alive "$name" || return 1
     done
 }
@@ -66,7 +71,7 @@ write_env() {
 
 report_ready() {
     write_env
-    log "cluster ready: $NODES nodes x $CPUS CPUs, partition ${SLURM_PARTITION:-debug}"
+    log "cluster ready: $NODES nodes x $CPUS CPUs (partition ${SLURM_PARTITION:-debug}), $GPU_NODES x $GPU_CPUS CPUs x $GPUS GPUs (partition gpu)"
     log "point clients at it with:"
     printf '    export SLURM_CONF=%s\n    # or: source %s/env.sh\n' "$CONF" "$STATE"
 }
@@ -113,7 +118,7 @@ prepare_dirs() {
     local k
     rm -rf "$STATE/ctld" "$STATE/spool" "$STATE/tmp" "$STATE/run" "$STATE/log" "$PIDS"
     mkdir -p "$STATE/ctld" "$STATE/run" "$STATE/log" "$PIDS" "$MUNGE_DIR"
-    for k in $(seq 1 "$NODES"); do
+    for k in $(seq 1 "$ALL_NODES"); do
         mkdir -p "$STATE/spool/slurmd.node$k" "$STATE/tmp/node$k"
     done
     # munged checks ownership and modes of its key, socket and log directory.
@@ -125,6 +130,18 @@ prepare_dirs() {
     fi
     chown munge:munge "$MUNGE_DIR/munge.key"
     chmod 0400 "$MUNGE_DIR/munge.key"
+    make_fake_gpus
+}
+
+# GRES device files must be character devices (slurmd stats them); nothing ever opens them.
+# Major 195 is NVIDIA's; minors 0..GPUS-1 as on a real node.
+make_fake_gpus() {
+    local g
+    rm -rf "$STATE/dev"
+    mkdir -p "$STATE/dev"
+    for ((g = 0; g < GPUS; g++)); do
+        mknod -m 0666 "$STATE/dev/gpu$g" c 195 "$g"
+    done
 }
 
 munge_works() {
@@ -153,7 +170,7 @@ start_slurm() {
     export SLURM_CONF=$CONF
     launch slurmctld /usr/sbin/slurmctld -D
     wait_for 20 ctld_up || fail_with_logs "slurmctld did not answer scontrol ping"
-    for k in $(seq 1 "$NODES"); do
+    for k in $(seq 1 "$ALL_NODES"); do
         # Own UTS namespace: `hostname` inside a task prints the Slurm node name.
         # shellcheck disable=SC2016
         launch "slurmd.node$k" unshare --uts sh -c 'hostname "$1" && exec /usr/sbin/slurmd -D -N "$1"' \
@@ -168,13 +185,16 @@ main() {
     flock -w 300 9 || { err "another start/stop holds $STATE/.lock"; exit 1; }
 
     ensure_packages
-    "$HERE/gen-slurm-conf.sh" --mode host --nodes "$NODES" --cpus "$CPUS" --state "$STATE" \
-        >"$STATE/slurm.conf.new"
+    local gen=("$HERE/gen-slurm-conf.sh" --mode host --nodes "$NODES" --cpus "$CPUS"
+        --gpu-nodes "$GPU_NODES" --gpu-cpus "$GPU_CPUS" --gpus "$GPUS" --state "$STATE")
+    "${gen[@]}" >"$STATE/slurm.conf.new"
+    "${gen[@]}" --gres-conf >"$STATE/gres.conf.new"
 
     if daemons_alive && cmp -s "$CONF" "$STATE/slurm.conf.new" &&
+        cmp -s "$STATE/gres.conf" "$STATE/gres.conf.new" &&
         nodes_in 'idle|mixed|allocated|completing'; then
-        rm -f "$STATE/slurm.conf.new"
-        ensure_hosts_line "$(hosts_line "$NODES")"
+        rm -f "$STATE/slurm.conf.new" "$STATE/gres.conf.new"
+        ensure_hosts_line "$(hosts_line "$ALL_NODES")"
         log "already up and healthy ($(elapsed) s)"
         report_ready
         exit 0
@@ -186,7 +206,9 @@ main() {
 
     prepare_dirs
     mv "$STATE/slurm.conf.new" "$CONF"
-    ensure_hosts_line "$(hosts_line "$NODES")"
+    # slurmd reads gres.conf from slurm.conf's directory.
+    mv "$STATE/gres.conf.new" "$STATE/gres.conf"
+    ensure_hosts_line "$(hosts_line "$ALL_NODES")"
     start_munged
     start_slurm
     wait_for "$START_TIMEOUT" nodes_in idle ||

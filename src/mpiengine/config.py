@@ -24,6 +24,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
+from mpiengine.binding import Binding
 from mpiengine.data import data_dir
 from mpiengine_sdk.errors import ConfigError
 
@@ -60,6 +61,8 @@ class EndpointConfig:
     nodes_per_block: int = 1
     cores_per_node: int | None = None
     gpus_per_node: int = 0
+    gpu_vendor: str | None = None
+    gpu_tiles: int = 1
     init_blocks: int = 0
     min_blocks: int = 0
     max_blocks: int = 1
@@ -98,6 +101,19 @@ class EndpointConfig:
         if self.cores_per_node is not None:
             return self.cores_per_node
         return os.cpu_count() or 1
+
+    @property
+    def gpu_slots(self) -> int:
+        """GPU slots per node the scheduler hands out: GPUs, or tiles when GPUs have tiles."""
+        return self.gpus_per_node * self.gpu_tiles
+
+    @property
+    def binding(self) -> Binding:
+        """The blocks' GPU vendor (nvidia when GPUs are configured without one) and tiles."""
+        vendor = self.gpu_vendor
+        if vendor is None and self.gpus_per_node > 0:
+            vendor = "nvidia"
+        return Binding(gpu_vendor=vendor, gpu_tiles=self.gpu_tiles)
 
     @property
     def launcher_name(self) -> str:
@@ -169,6 +185,18 @@ def _check_combinations(cfg: EndpointConfig) -> None:
             "nodes_per_block",
             f"{cfg.nodes_per_block}: the local provider's block is this one host",
             "1",
+        )
+    if cfg.gpu_tiles > 1 and cfg.gpu_vendor != "intel":
+        raise ConfigError(
+            "gpu_tiles",
+            f"{cfg.gpu_tiles} tiles per GPU with gpu_vendor={cfg.gpu_vendor!r}",
+            "1, or gpu_vendor: intel (Level Zero tiles)",
+        )
+    if cfg.gpu_tiles > 1 and cfg.launcher_name == "srun":
+        raise ConfigError(
+            "gpu_tiles",
+            f"{cfg.gpu_tiles} tiles per GPU with launcher srun (Slurm's GRES counts whole GPUs)",
+            "1 with srun; tiles with an mpiexec-family launcher (pals, mpich)",
         )
     if cfg.heartbeat_threshold <= cfg.heartbeat_period:
         raise ConfigError(

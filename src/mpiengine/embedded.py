@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mpiengine.binding import Binding
 from mpiengine.blocks.local import LocalBlock, virtual_node_names
 from mpiengine.engine import Engine, EngineStatus
 from mpiengine.launchers import load_launcher
@@ -65,6 +66,8 @@ class EmbeddedEndpoint:
         nodes: virtual nodes (default ``MPIENGINE_NODES`` or 4).
         cores_per_node: cores per virtual node (default ``MPIENGINE_CORES_PER_NODE`` or 4).
         gpus_per_node: GPUs per virtual node (default 0).
+        gpu_vendor: ``nvidia``, ``amd`` or ``intel``: each task and rank sees its placed GPUs
+            through that vendor's variable (default: nvidia when gpus_per_node > 0).
         workdir: where sandboxes go; a fresh directory under ``MPIENGINE_HOME`` (default
             ``~/.mpiengine``) ``/embedded/`` if None. Sandboxes are kept after the run.
         mpiexec: the MPICH hydra ``mpiexec`` to use (default: the mpich wheel's).
@@ -79,6 +82,7 @@ class EmbeddedEndpoint:
         nodes: int | None = None,
         cores_per_node: int | None = None,
         gpus_per_node: int = 0,
+        gpu_vendor: str | None = None,
         workdir: str | Path | None = None,
         mpiexec: str | None = None,
         kill_grace: float = 2.0,
@@ -99,6 +103,9 @@ class EmbeddedEndpoint:
             or gpus_per_node < 0
         ):
             raise ConfigError("gpus_per_node", f"must be an integer >= 0, got {gpus_per_node!r}")
+        if gpu_vendor is None and gpus_per_node > 0:
+            gpu_vendor = "nvidia"
+        self._gpu_vendor = Binding(gpu_vendor=gpu_vendor).gpu_vendor  # validated
         self.workdir = Path(workdir) if workdir is not None else _fresh_workdir()
         self.mpiexec = mpiexec or find_mpiexec() or "mpiexec"
         self._launcher = load_launcher("mpich-fork", executable=self.mpiexec)
@@ -128,7 +135,13 @@ class EmbeddedEndpoint:
         if self._engine is not None:
             raise BackendError("the embedded endpoint is already started")
         engine = Engine(workdir=self.workdir, sink=sink, shapes=[self._shape], base_env=_task_env())
-        block = LocalBlock(self._info, self._launcher, engine.report, kill_grace=self._kill_grace)
+        block = LocalBlock(
+            self._info,
+            self._launcher,
+            engine.report,
+            kill_grace=self._kill_grace,
+            gpu_vendor=self._gpu_vendor,
+        )
         engine.add_block(block)
         engine.start()
         self._engine = engine

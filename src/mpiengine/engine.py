@@ -284,6 +284,7 @@ class Engine:
                 sandbox=sandbox,
                 base_env=self._base_env,
                 python=self._python,
+                binding=block.binding,
             )
             block.launch(spec)
         except Exception as exc:  # refuse this task only; the endpoint keeps running

@@ -71,7 +71,12 @@ _HOSTFILE_LINES: Mapping[str, str] = {
     "host:slots": "{}:{}\n",
     "host slots=N": "{} slots={}\n",
 }
-_TOP_DEFAULTS = {"env": "{}", "hostfile": "none", "user_options_position": "end"}
+_TOP_DEFAULTS = {
+    "env": "{}",
+    "hostfile": "none",
+    "user_options_position": "end",
+    "nested_launch_args": "[]",
+}
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,12 @@ class LauncherSpec:
         mpi_tasks: whether it can start several ranks.
         user_options_position: ``"start"`` (after the executable) or ``"end"``.
         hostfile_format: the hostfile line format, or None when it never writes one.
+        cpu_binding: who pins ranks to the placement's cores on shared nodes: ``"launcher"``
+            (its args, when the core list is the same on every node), ``"wrapper"`` (the
+            per-rank wrapper, see ``mpiengine.binding``) or ``"none"``.
+        gpu_binding: who gives each rank its GPUs: ``"launcher"`` or ``"wrapper"``.
+        nested_launch_args: extra args for a shell task's one-rank launch, so that launches it
+            starts itself may use its nodes (srun: ``--overlap``).
     """
 
     name: str
@@ -245,6 +256,9 @@ class LauncherSpec:
     mpi_tasks: bool
     user_options_position: str
     hostfile_format: str | None
+    cpu_binding: str
+    gpu_binding: str
+    nested_launch_args: tuple[str, ...]
     _args: tuple[_Text | _Group, ...] = field(repr=False)
     _env: tuple[tuple[str, _Text, tuple[_Cond, ...]], ...] = field(repr=False)
 
@@ -451,6 +465,9 @@ def _load_file(path: Path) -> LauncherSpec:
         mpi_tasks=doc["mpi_tasks"],
         user_options_position=doc.get("user_options_position", "end"),
         hostfile_format=doc["hostfile"]["format"] if "hostfile" in doc else None,
+        cpu_binding=doc["cpu_binding"],
+        gpu_binding=doc["gpu_binding"],
+        nested_launch_args=tuple(doc.get("nested_launch_args", ())),
         _args=compiler.args(doc["args"], "args", frozenset()),
         _env=compiler.env(doc.get("env", {})),
     )

@@ -67,7 +67,7 @@ class BatchEndpoint:
         self._shape = BlockShape(
             num_nodes=cfg.nodes_per_block,
             cores_per_node=cfg.cores,
-            gpus_per_node=cfg.gpus_per_node,
+            gpus_per_node=cfg.gpu_slots,
             walltime=None if cfg.provider == "local" else float(cfg.walltime_seconds),
         )
         self._tick_interval = tick_interval

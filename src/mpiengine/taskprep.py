@@ -3,6 +3,19 @@
 Everything a task sees is decided here: its argv (launcher prefix + command), its environment
 (the endpoint's base environment plus the ``MPIENGINE_*`` variables of *this* task, nothing from
 any other task), the files written into its sandbox, and its walltime.
+
+Where each kind of task runs (the placement guarantee):
+
+- MPI and MPI Python tasks: every rank under the block's launcher, on its placed nodes, with the
+  per-rank wrapper in front of the command where the launcher cannot bind CPUs or GPUs itself
+  (see ``mpiengine.binding``).
+- Shell and Python tasks on real nodes: one rank launched on the placement's lead node (the
+  launcher's one-rank form: ``srun -N1 -n1 --nodelist=LEAD --exact ...``, ``mpiexec -n 1 -hosts
+  LEAD``), holding the lead node's placed cores and GPUs. A shell task's launch gets the
+  launcher's ``nested_launch_args`` (srun ``--overlap``) so that ``$MPIENGINE_MPI_PREFIX``,
+  rendered for its whole placement, can start steps on the same nodes.
+- On the embedded endpoint's virtual nodes (and with the ``local`` launcher) shell and Python
+  tasks start directly on this host; only their GPUs are set, through the vendor variable.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from mpiengine.binding import REAL_NODES, Binding, gpu_mask, wrapper_argv
 from mpiengine.launchers import Launch, LauncherSpec
 from mpiengine.placement import Placement
 from mpiengine.runner.process import LaunchSpec
@@ -38,7 +52,9 @@ def task_request(task: TaskMessage, spec: ResourceSpec, submit_time: float) -> T
     return TaskRequest(
         task_id=task.task_id,
         num_nodes=spec.num_nodes,
-        ranks_per_node=1 if task.kind in (TaskKind.SHELL, TaskKind.PYTHON) else spec.ranks_per_node,
+        # A shell task holds its whole MPI shape (its script may launch across it through
+        # MPIENGINE_MPI_PREFIX); a Python function is one process.
+        ranks_per_node=1 if task.kind is TaskKind.PYTHON else spec.ranks_per_node,
         cpus_per_rank=spec.cpus_per_rank,
         gpus_per_rank=spec.gpus_per_rank,
         exclusive=spec.exclusive,
@@ -102,6 +118,49 @@ def _render(
     return mpi, prefix
 
 
+def _same_on_every_node(per_node: tuple[tuple[int, ...], ...], placement: Placement) -> bool:
+    return len(per_node) == placement.num_nodes and all(ids == per_node[0] for ids in per_node)
+
+
+def _rank_wrapper(
+    launcher: LauncherSpec, placement: Placement, binding: Binding, *, gpus_by_wrapper: bool
+) -> tuple[str, ...]:
+    """The per-rank wrapper's argv for what ``launcher`` does not bind itself, or ``()``."""
+    pin = (
+        binding.real_nodes
+        and not placement.exclusive
+        and (
+            launcher.cpu_binding == "wrapper"
+            or (
+                launcher.cpu_binding == "launcher"
+                and not _same_on_every_node(placement.cores, placement)
+            )
+        )
+    )
+    gpu_var = binding.gpu_variable if gpus_by_wrapper else None
+    return wrapper_argv(placement, pin_cpus=pin, gpu_variable=gpu_var, gpu_tiles=binding.gpu_tiles)
+
+
+def _lead_only(placement: Placement, task: TaskMessage) -> Placement:
+    """One rank on the lead node holding the lead node's placed cores and GPUs."""
+    cores = placement.cores[0] if placement.cores else ()
+    gpus = placement.gpus[0] if placement.gpus else ()
+    rpn = placement.ranks_per_node
+    n_gpus = rpn * placement.gpus_per_rank
+    return Placement(
+        task_id=task.task_id,
+        block_id=placement.block_id,
+        nodes=placement.nodes[:1],
+        ranks_per_node=1,
+        cpus_per_rank=len(cores) if cores else rpn * placement.cpus_per_rank,
+        gpus_per_rank=n_gpus,
+        cores=(cores,) if cores else (),
+        gpus=(gpus[:n_gpus],) if gpus and n_gpus else (),
+        exclusive=placement.exclusive,
+        walltime=placement.walltime,
+    )
+
+
 def build_launch(
     task: TaskMessage,
     spec: ResourceSpec,
@@ -112,23 +171,57 @@ def build_launch(
     sandbox: Path,
     base_env: Mapping[str, str],
     python: str = sys.executable,
+    binding: Binding = REAL_NODES,
 ) -> LaunchSpec:
     """Everything the runner needs to start ``task`` on ``placement``.
 
-    Shell and Python tasks run once, on the lead node; MPI tasks run under ``mpi_launcher``
-    across the placement. Shell tasks still get ``MPIENGINE_MPI_PREFIX`` (the launcher prefix for
-    their placement, shell-quoted) so a script can start MPI steps itself, as with Globus
-    Compute's ``$PARSL_MPI_PREFIX``.
+    MPI tasks run under ``mpi_launcher`` across the placement; shell and Python tasks run once,
+    on the placement's lead node (see the module docstring). Shell tasks also get
+    ``MPIENGINE_MPI_PREFIX`` (the launcher prefix for their whole placement, shell-quoted) so a
+    script can start MPI steps itself, as with Globus Compute's ``$PARSL_MPI_PREFIX``.
+
+    Args:
+        binding: the block's GPU vendor and tiles, and whether its nodes are real (virtual
+            nodes: shell and Python tasks start here directly, nothing is pinned).
     """
     hostfile = f"{sandbox}/hostfile"
-    mpi, prefix = _render(mpi_launcher, placement, cores_per_node, spec.launcher_options, hostfile)
-    runs_under_launcher = task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON)
+    options = spec.launcher_options
+    mpi, prefix = _render(mpi_launcher, placement, cores_per_node, options, hostfile)
     command = _command(task, sandbox, python)
-    argv = (*mpi.argv, *command) if runs_under_launcher else command
+    gpu_var = binding.gpu_variable
+    lead_gpus = (
+        placement.gpus[0][: placement.ranks_per_node * placement.gpus_per_rank]
+        if (placement.gpus and placement.gpus_per_rank)
+        else ()
+    )
 
     env = dict(base_env)
-    if runs_under_launcher:
+    if task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON):
+        by_wrapper = mpi_launcher.gpu_binding == "wrapper"
+        wrapper = _rank_wrapper(mpi_launcher, placement, binding, gpus_by_wrapper=by_wrapper)
+        argv = (*mpi.argv, *wrapper, *command)
         env.update(mpi.env)
+    elif not binding.real_nodes or mpi_launcher.executable is None:
+        # This host: the command as it is (pinned by the wrapper only on real nodes).
+        argv = command
+        if binding.real_nodes:
+            one = _lead_only(placement, task)
+            argv = (*_rank_wrapper(mpi_launcher, one, binding, gpus_by_wrapper=False), *command)
+        if gpu_var is not None and lead_gpus:
+            env[gpu_var] = gpu_mask(lead_gpus, binding.gpu_tiles)
+    else:
+        nested = mpi_launcher.nested_launch_args if task.kind is TaskKind.SHELL else ()
+        # An --overlap step reserves nothing, so it must not ask for GPUs: the wrapper names them.
+        ask_gpus = mpi_launcher.gpu_binding == "launcher" and not nested
+        one = _lead_only(placement, task)
+        asked = (
+            one if ask_gpus or not one.gpus_per_rank else dataclasses.replace(one, gpus_per_rank=0)
+        )
+        launch, _ = _render(mpi_launcher, asked, cores_per_node, options, hostfile)
+        wrapper = _rank_wrapper(mpi_launcher, one, binding, gpus_by_wrapper=not ask_gpus)
+        head = launch.argv[:1]
+        argv = (*head, *nested, *launch.argv[1:], *wrapper, *command)
+        env.update(launch.env)
     env.update(
         {
             "MPIENGINE_TASK_ID": task.task_id,
@@ -140,6 +233,9 @@ def build_launch(
             "MPIENGINE_NUM_RANKS": str(spec.num_nodes * spec.ranks_per_node),
             "MPIENGINE_CPUS_PER_RANK": str(spec.cpus_per_rank),
             "MPIENGINE_GPUS_PER_RANK": str(spec.gpus_per_rank),
+            # The placement's own cores and GPU slots on the lead node.
+            "MPIENGINE_CPUS": ",".join(map(str, placement.cores[0])) if placement.cores else "",
+            "MPIENGINE_GPUS": ",".join(map(str, lead_gpus)),
             "MPIENGINE_MPI_PREFIX": prefix,
             # Globus Compute / Parsl names, so their scripts run unchanged.
             "PARSL_MPI_PREFIX": prefix,

@@ -262,9 +262,11 @@ def test_mpich_pmi2_across_two_nodes(cluster: Cluster, job_name: str, tmp_path: 
     assert len(hosts) == 2 and hosts <= set(cluster.nodes), out
 
 
-def render_conf(mode: str, nodes: int, cpus: int, tmp_path: Path) -> str:
-    args = ["bash", str(CI_DIR / "gen-slurm-conf.sh"), "--mode", mode]
-    args += ["--nodes", str(nodes), "--cpus", str(cpus), "--state", str(tmp_path)]
+def render_conf(mode: str, env: dict[str, str], tmp_path: Path, *extra: str) -> str:
+    args = ["bash", str(CI_DIR / "gen-slurm-conf.sh"), "--mode", mode, "--state", str(tmp_path)]
+    args += ["--nodes", env["SLURM_NODES"], "--cpus", env["SLURM_CPUS"]]
+    args += ["--gpu-nodes", env["SLURM_GPU_NODES"], "--gpu-cpus", env["SLURM_GPU_CPUS"]]
+    args += ["--gpus", env["SLURM_GPUS"], *extra]
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=TIMEOUT).stdout
 
 
@@ -274,10 +276,9 @@ def test_compose_matches_slurm_conf(tmp_path: Path) -> None:
     services = compose["services"]
     env = services["slurmctld"]["environment"]
     n_nodes, cpus = int(env["SLURM_NODES"]), int(env["SLURM_CPUS"])
-    docker_settings, docker_nodes, docker_parts = parse_conf(
-        render_conf("docker", n_nodes, cpus, tmp_path)
-    )
-    host_settings, host_nodes, host_parts = parse_conf(render_conf("host", n_nodes, cpus, tmp_path))
+    gpu_nodes, gpu_cpus = int(env["SLURM_GPU_NODES"]), int(env["SLURM_GPU_CPUS"])
+    docker_settings, docker_nodes, docker_parts = parse_conf(render_conf("docker", env, tmp_path))
+    host_settings, host_nodes, host_parts = parse_conf(render_conf("host", env, tmp_path))
 
     ctld = services["slurmctld"]
     assert docker_settings["SlurmctldHost"] == f"{ctld['hostname']}({ctld['hostname']})"
@@ -289,19 +290,28 @@ def test_compose_matches_slurm_conf(tmp_path: Path) -> None:
         assert service["hostname"] == node["NodeHostname"] == node["NodeAddr"]
         assert service["command"] == ["slurmd"]
         assert node["Port"] in service["expose"]
-        assert int(node["CPUs"]) == cpus
+        is_gpu_node = int(node["NodeName"].removeprefix("node")) > n_nodes
+        assert int(node["CPUs"]) == (gpu_cpus if is_gpu_node else cpus)
+        assert node.get("Gres") == (f"gpu:{env['SLURM_GPUS']}" if is_gpu_node else None)
         assert service["environment"] == env
         assert "munge-key:/etc/munge" in service["volumes"]
 
     # Both layouts: same nodes, ports, CPUs, partition and settings, apart from paths/addresses.
     def shape(nodes: list[dict[str, str]]) -> list[tuple[str, ...]]:
-        keys = ("NodeName", "Port", "CPUs", "CoresPerSocket", "ThreadsPerCore")
-        return [tuple(n[k] for k in keys) for n in nodes]
+        keys = ("NodeName", "Port", "CPUs", "CoresPerSocket", "ThreadsPerCore", "Gres")
+        return [tuple(n.get(k, "") for k in keys) for n in nodes]
 
     assert shape(docker_nodes) == shape(host_nodes)
     assert docker_parts == host_parts
     assert docker_parts[0]["Default"] == "YES"
     assert docker_parts[0]["Nodes"] == f"node[1-{n_nodes}]"
+    assert len(docker_nodes) == n_nodes + gpu_nodes
+    assert [p["PartitionName"] for p in docker_parts][1:] == (["gpu"] if gpu_nodes else [])
+    # gres.conf: the same GPU node(s) in both layouts, on each layout's own device paths.
+    gres = {m: render_conf(m, env, tmp_path, "--gres-conf") for m in ("docker", "host")}
+    assert f"File={tmp_path}/dev/gpu[0-" in gres["host"]
+    docker_gres = gres["docker"].replace("/dev/fakegpu/", f"{tmp_path}/dev/")
+    assert docker_gres.replace("(mode docker)", "(mode host)") == gres["host"]
     location_keys = {"SlurmctldHost", "AuthInfo"}
     for key in docker_settings.keys() | host_settings.keys():
         value = docker_settings.get(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from mpiengine.binding import Binding
 from mpiengine.launchers import LauncherSpec
 from mpiengine.runner.process import Completion, LaunchSpec
 from mpiengine.scheduler import BlockInfo
@@ -30,6 +31,10 @@ class BlockHandle(Protocol):
     @property
     def launcher(self) -> LauncherSpec:
         """The launcher that starts MPI tasks on this block."""
+
+    @property
+    def binding(self) -> Binding:
+        """How the block's nodes hand CPUs and GPUs to tasks (GPU vendor, tiles, real nodes)."""
 
     @property
     def job_id(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mpiengine.binding import Binding
 from mpiengine.blocks.base import CompletionSink
 from mpiengine.launchers import LauncherSpec
 from mpiengine.runner.process import Completion, LaunchSpec, TaskRunner
@@ -23,6 +24,7 @@ class LocalBlock:
         launcher: the MPI launcher (``mpich-fork`` places ranks on the virtual nodes).
         sink: receives ``(block_id, completion)`` for every launched task.
         kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
+        gpu_vendor: the GPU vendor whose variable tells each task its GPUs (None: no GPUs).
     """
 
     def __init__(
@@ -32,9 +34,12 @@ class LocalBlock:
         sink: CompletionSink,
         *,
         kill_grace: float = 2.0,
+        gpu_vendor: str | None = None,
     ) -> None:
         self._info = info
         self._launcher = launcher
+        # Virtual nodes share this host: tasks start here and are never pinned to cores.
+        self._binding = Binding(gpu_vendor=gpu_vendor, real_nodes=False)
         self._sink = sink
         self._runner = TaskRunner(self._done, kill_grace=kill_grace)
 
@@ -45,6 +50,10 @@ class LocalBlock:
     @property
     def launcher(self) -> LauncherSpec:
         return self._launcher
+
+    @property
+    def binding(self) -> Binding:
+        return self._binding
 
     @property
     def job_id(self) -> str:

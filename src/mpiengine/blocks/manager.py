@@ -373,11 +373,18 @@ class BlockManager:
             block_id=b.block_id,
             nodes=nodes,
             cores_per_node=self.cfg.cores,
-            gpus_per_node=self.cfg.gpus_per_node,
+            gpus_per_node=self.cfg.gpu_slots,
             end_time=end_time,
         )
         log.info("block %s (job %s) connected: nodes %s", b.block_id, b.job_id, nodes)
-        return RemoteBlock(info, self._launcher, lambda: b.job_id, self.server, self.release)
+        return RemoteBlock(
+            info,
+            self._launcher,
+            lambda: b.job_id,
+            self.server,
+            self.release,
+            binding=self.cfg.binding,
+        )
 
     # -- shutdown ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -25,6 +25,7 @@ import zmq
 
 from mpiengine.agent.mailbox import Mailbox
 from mpiengine.agent.protocol import ProtocolError, decode, encode, launch_to_dict
+from mpiengine.binding import REAL_NODES, Binding
 from mpiengine.launchers import LauncherSpec
 from mpiengine.runner.launch import LaunchSpec
 from mpiengine.scheduler import BlockInfo
@@ -175,6 +176,7 @@ class RemoteBlock:
         job_id: returns the batch job id (known once the submit call returned).
         server: the agent link.
         on_close: called with the block id when the engine closes the block (release the job).
+        binding: the nodes' GPU vendor and tiles.
     """
 
     def __init__(
@@ -184,9 +186,11 @@ class RemoteBlock:
         job_id: Callable[[], str],
         server: AgentServer,
         on_close: Callable[[str], None],
+        binding: Binding = REAL_NODES,
     ) -> None:
         self._info = info
         self._launcher = launcher
+        self._binding = binding
         self._job_id = job_id
         self._server = server
         self._on_close = on_close
@@ -198,6 +202,10 @@ class RemoteBlock:
     @property
     def launcher(self) -> LauncherSpec:
         return self._launcher
+
+    @property
+    def binding(self) -> Binding:
+        return self._binding
 
     @property
     def job_id(self) -> str:
