@@ -132,12 +132,20 @@ def test_a_silent_task_on_a_slurm_block_is_hung_and_leaves_nothing(
     slurm_executor: Executor, fn: ShellFunction | MPIFunction, spec: ResourceSpec
 ) -> None:
     future = slurm_executor.submit(fn, resource_spec=spec)
+    # Watch its srun step appear, so that "no step left" below is not true by default.
     # Generous: the first task also waits for the block's batch job to start.
-    result = assert_hung(future.result(180))
+    deadline = time.monotonic() + 180
+    seen = False
+    while not future.done() and time.monotonic() < deadline:
+        seen = seen or bool(steps_of(future.task_id))
+        time.sleep(0.1)
+    result = assert_hung(future.result(10))
     assert len(result.nodes) == spec.num_nodes
     if isinstance(fn, MPIFunction):
-        assert result.argv[0] == "srun"
         assert result.stdout.splitlines() == ["started", "started"]  # both ranks
+        assert result.argv[0] == "srun"
+    if result.argv[0] == "srun":
+        assert seen, "the task's srun step was never listed while it ran"
     assert wait_until_gone(future.task_id) == []
     # The agent cancels a hung task's leftover steps before it reports it.
     assert steps_of(future.task_id) == []
