@@ -81,7 +81,7 @@ def _admin(config_path: Path | None) -> Any:
     config = load_relay_config(config_path)
     url = urlsplit(config.broker_url)
     vhost = unquote(url.path.lstrip("/")) or "/"
-    return RelayAdmin(RelayStore(config.store_path), Rabbitmqctl(), vhost, url.username or "guest")
+    return RelayAdmin(RelayStore(config.store_url), Rabbitmqctl(), vhost, url.username or "guest")
 
 
 def _client_url(config_path: Path | None) -> str:

@@ -118,9 +118,9 @@ def test_task_life_in_the_store(store: RelayStore) -> None:
     store.admit("alice", "e1", "user.alice.s.1", [("t1", "shell"), ("t2", "python")])
     assert {r.state for r in store.rows(["t1", "t2"]).values()} == {"pending"}
     store.mark_queued(["t1", "t2"])
-    store.record([("t1", "running", b"r1")])
-    store.record([("t1", "completed", b"done1"), ("t2", "failed", b"fail2")])
-    store.record([("t1", "running", b"late")])  # a late progress update changes nothing
+    store.record("e1", [("t1", "running", b"r1")])
+    store.record("e1", [("t1", "completed", b"done1"), ("t2", "failed", b"fail2")])
+    store.record("e1", [("t1", "running", b"late")])  # a late progress update changes nothing
     rows = store.rows(["t1", "t2", "zz"])
     assert set(rows) == {"t1", "t2"}
     assert (rows["t1"].state, rows["t1"].result) == ("completed", b"done1")
@@ -140,7 +140,7 @@ def test_task_life_in_the_store(store: RelayStore) -> None:
 def test_results_expire_then_disappear(store: RelayStore) -> None:
     tasks = [("fetched", "shell"), ("unfetched", "shell"), ("run", "shell")]
     store.admit("alice", "e1", "s", tasks)
-    store.record([("fetched", "completed", b"a"), ("unfetched", "completed", b"b")])
+    store.record("e1", [("fetched", "completed", b"a"), ("unfetched", "completed", b"b")])
     store.mark_fetched("alice", ["fetched"])
     rows = store.rows(["fetched"])
     assert rows["fetched"].fetched is not None

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mpiengine.relay.database import store_url
 from mpiengine_sdk.client_config import mpiengine_home
 from mpiengine_sdk.errors import ConfigError
 
@@ -29,7 +30,9 @@ class RelayConfig:
 
     Attributes:
         broker_url: the broker as an admin user (creates queues, reads every queue).
-        store: the SQLite file ("" means ``<home>/relay/relay.db``).
+        store: where tasks and results are kept: ``sqlite:///PATH`` (or a bare path) for one
+            relay host, ``postgresql://user@host:port/database`` for several relay processes
+            serving one broker ("" means ``<home>/relay/relay.db``).
         max_payload_bytes: the largest task or result accepted (100 MiB; Globus Compute: 10 MB).
         result_retention: seconds a result is kept after the client has fetched it.
         result_max_age: seconds an unfetched result is kept after the task finished; then it
@@ -53,9 +56,13 @@ class RelayConfig:
     sweep_interval: float = 60.0
 
     @property
-    def store_path(self) -> Path:
-        """The SQLite file."""
-        return Path(self.store).expanduser() if self.store else mpiengine_home() / "relay/relay.db"
+    def store_url(self) -> str:
+        """The store as a URL (``sqlite:///...`` or ``postgresql://...``).
+
+        Raises:
+            ConfigError: ``store`` is a URL of a scheme the relay cannot use.
+        """
+        return store_url(self.store, mpiengine_home() / "relay/relay.db")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain types, every key."""
@@ -83,6 +90,7 @@ def _check(doc: dict[str, Any]) -> None:
             raise ConfigError(key, f"must be a number, got {value!r}", _allowed())
         if numeric and value <= 0:
             raise ConfigError(key, f"must be positive, got {value!r}")
+    store_url(doc.get("store", ""), Path("relay.db"))  # an unknown scheme is refused here
     if "prefetch" in doc or "max_payload_bytes" in doc:
         for key in ("prefetch", "max_payload_bytes"):
             if key in doc and not isinstance(doc[key], int):

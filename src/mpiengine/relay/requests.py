@@ -6,7 +6,8 @@ go to the request's ``reply_to``, and only when that queue belongs to the same u
 can make the relay write into someone else's queue.
 
 Types: ``hello`` and ``status`` (the endpoint and the relay's limits), ``submit`` (a batch of
-tasks), ``fetch`` (stored results, and re-route future ones to this session), ``fetched``
+tasks), ``fetch`` (stored results, and re-route future ones to this session; with
+``"unknown": "report"`` unknown ids are listed in the answer, not failed), ``fetched``
 (start the retention clock), ``cancel``, ``list`` (a user's outstanding tasks), ``register``
 (an endpoint asks for its id).
 """
@@ -167,11 +168,12 @@ class RequestHandler:
         ids = _ids(frame.header)
         if reply_to is None:
             return {}
-        lines = self.submits.stored_results(user, ids, reply_to)
+        report = frame.header.get("unknown") == "report"
+        lines, unknown = self.submits.stored_results(user, ids, reply_to, report_unknown=report)
         for i in range(0, len(lines), 1000):
             body = encode_frame({"type": "results"}, lines[i : i + 1000])
             channel.publish("", reply_to, body, persistent=False, confirm=False)
-        return {"count": len(lines)}
+        return {"count": len(lines), "unknown": unknown} if report else {"count": len(lines)}
 
     def _fetched(
         self, channel: Channel, user: str, frame: Frame, reply_to: str | None

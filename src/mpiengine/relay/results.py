@@ -66,18 +66,18 @@ class ResultHandler:
                 decoded.append((decode_result(line), line))
             except WireError as exc:
                 log.error("dropping a malformed result line from %s: %s", sender, exc)
-        rows = self.store.rows([msg.task_id for msg, _ in decoded])
-        updates = []
+        # The sessions are read under the rows' lock, in the transaction that stores the
+        # results: a concurrent fetch (another relay) either moved them first, or sees these.
+        rows = self.store.record(
+            endpoint_id, [(msg.task_id, msg.state.value, line) for msg, line in decoded]
+        )
         routes: dict[str, list[bytes]] = {}
         for msg, line in decoded:
             row = rows.get(msg.task_id)
-            if row is None or row.endpoint_id != endpoint_id:
+            if row is None:
                 log.error("dropping a result for %s: not a task of %s", msg.task_id, endpoint_id)
-                continue
-            updates.append((msg.task_id, msg.state.value, line))
-            if row.session and row.fetched is None:
+            elif row.session and row.fetched is None:
                 routes.setdefault(row.session, []).append(line)
-        self.store.record(updates)
         return routes
 
     def handle_heartbeat(self, channel: Channel, delivery: Delivery) -> None:

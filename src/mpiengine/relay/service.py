@@ -32,7 +32,7 @@ class RelayService:
 
     Args:
         config: the relay's settings.
-        store: the store (default: the config's SQLite file).
+        store: the store (default: the config's ``store`` URL).
         transport: the broker (default: pika to ``config.broker_url``).
     """
 
@@ -44,7 +44,7 @@ class RelayService:
         transport: Transport | None = None,
     ) -> None:
         self.config = config
-        self.store = store or RelayStore(config.store_path)
+        self.store = store or RelayStore(config.store_url)
         self.transport = transport or PikaTransport(config.broker_url)
         self.requests = RequestHandler(self.store, config, RateLimiter())
         self.results = ResultHandler(self.store)
@@ -76,9 +76,9 @@ class RelayService:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.2
             try:
                 self.setup(channel)
+                delay = 0.2
                 log.info("relay: serving")
                 if on_ready is not None:
                     on_ready()
@@ -86,8 +86,11 @@ class RelayService:
                 while not self._stop.is_set():
                     channel.process(0.5)
                     self.sweep()
-            except BackendError as exc:
+            except BackendError as exc:  # the broker or the store: the broker redelivers
                 log.warning("relay: connection lost (%s); reconnecting", exc)
+                channel.close()  # first: the broker hands our unacknowledged messages on
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
             finally:
                 channel.close()
         self.store.close()

@@ -118,7 +118,7 @@ class SubmitHandler:
         self._forward(channel, record, user, [*new, *pending], lines)
         answers = [encode_result(r) for r in refused]
         if again and reply_to:  # a resubmitted id: this session gets its (stored) result
-            answers += self.stored_results(user, [t.task_id for t in again], reply_to)
+            answers += self.stored_results(user, [t.task_id for t in again], reply_to)[0]
         if answers and reply_to:
             body = encode_frame({"type": "results"}, answers)
             channel.publish("", reply_to, body, persistent=False, confirm=False)
@@ -201,24 +201,38 @@ class SubmitHandler:
         if tasks:
             self.store.mark_queued([t.task_id for t in tasks])
 
-    def stored_results(self, user: str, task_ids: Sequence[str], session: str) -> list[bytes]:
+    def stored_results(
+        self, user: str, task_ids: Sequence[str], session: str, *, report_unknown: bool = False
+    ) -> tuple[list[bytes], list[str]]:
         """Result lines for a ``fetch``: stored results, RUNNING for running tasks, a FAILED
         RelayError for expired ones and one that names no owner for unknown/foreign ids. The
-        user's unfinished tasks among them report to ``session`` from now on."""
-        rows = self.store.rows(task_ids)
-        self.store.reroute(user, [t for t in task_ids if t in rows], session)
+        user's unfinished tasks among them report to ``session`` from now on.
+
+        Args:
+            report_unknown: list unknown/foreign ids instead of answering them with a FAILED
+                result: the client asks again for tasks it submitted that the relay has not
+                seen yet (another relay process may still hold the submit).
+
+        Returns:
+            (result lines, the ids left out).
+        """
+        rows = self.store.claim(user, task_ids, session)
         lines: list[bytes] = []
+        unknown: list[str] = []
         for tid in task_ids:
             row = rows.get(tid)
             if row is None or row.user != user:
-                lines.append(encode_result(failed_result(tid, self._unknown(user, tid))))
+                if report_unknown:
+                    unknown.append(tid)
+                else:
+                    lines.append(encode_result(failed_result(tid, self._unknown(user, tid))))
             elif row.state == EXPIRED:
                 lines.append(encode_result(failed_result(tid, self._expired(tid))))
             elif row.result is not None:
                 lines.append(row.result)
             elif row.state == TaskState.RUNNING.value:
                 lines.append(encode_result(ResultMessage(tid, TaskState.RUNNING)))
-        return lines
+        return lines, unknown
 
     def _unknown(self, user: str, tid: str) -> AuthorizationError:
         kept = self.config.result_retention
