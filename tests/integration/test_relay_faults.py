@@ -121,6 +121,29 @@ def test_broker_restart_mid_run(harness: RelayHarness, owner: Principal) -> None
         ep.stop()
 
 
+def test_broker_restarted_while_200_tasks_are_submitted(
+    harness: RelayHarness, owner: Principal
+) -> None:
+    """Tasks submitted while the broker is down get their real results: none raises."""
+    ep = harness.endpoint("ep-outage", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep.start()
+    run = Counted(ep)
+    broker = harness.admin.broker
+    try:
+        futures = run.submit(50, seconds=0.01)
+        broker.run(["stop_app"])
+        try:
+            futures += run.submit(100, seconds=0.01, first=50)  # the broker is down
+        finally:
+            broker.run(["start_app"])
+            broker.run(["await_startup"])
+        futures += run.submit(50, seconds=0.01, first=150)  # the client may still reconnect
+        run.check_exactly_once(futures)
+    finally:
+        run.close()
+        ep.stop()
+
+
 def test_relay_killed_mid_run(harness: RelayHarness, owner: Principal) -> None:
     ep = harness.endpoint("ep-relay", owner, engine_options=ENGINE, heartbeat_period=1.0)
     ep.start()

@@ -7,10 +7,14 @@ per-connection session queue and are handed to the Executor's sink; a result who
 longer outstanding (a duplicate of at-least-once delivery) is dropped, so one result per task
 id reaches the user.
 
-After a lost connection the thread reconnects, resends unconfirmed batches (the relay ignores
-task ids it already has) and asks the relay for every outstanding task, which routes their
-results to the new session. Tasks outlive the client: ``attach`` re-attaches futures to them
-from another process.
+After a lost connection the thread reconnects on a new session queue, resends the batches the
+broker had not confirmed (the relay ignores task ids it already has) and sends what was queued
+meanwhile. Then it asks the relay for every outstanding task, which routes their results to
+the new session, but asks for each task only once the broker has confirmed its submit: before,
+the relay cannot know it. An "unknown task" answer for a task submitted here can still come
+(another relay process may hold its submit); it is asked again with backoff, for
+``unknown_retry_for`` seconds, never taken for the task's result. Tasks outlive the client:
+``attach`` re-attaches futures to them from another process.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mpiengine_sdk.errors import (
     BackendError,
     ExecutorShutdown,
     PayloadTooLarge,
+    RelayError,
 )
 from mpiengine_sdk.future import TaskFuture
 from mpiengine_sdk.remote.protocol import (
@@ -56,12 +61,20 @@ log = logging.getLogger(__name__)
 _MiB = 1024 * 1024
 #: Seconds a "fetched" acknowledgement may wait to be batched with others.
 _FETCHED_DELAY = 0.2
+#: Task ids per "fetch" request the client sends on its own.
+_ASK_BATCH = 2000
+#: Backoff between asks for a task the relay does not know yet: from ... to ... seconds.
+_ASK_MIN, _ASK_MAX = 0.2, 5.0
 
 
 @dataclass
 class _Reply:
     event: threading.Event = field(default_factory=threading.Event)
     header: Mapping[str, Any] | None = None
+
+
+#: A message to publish, and the ids of the tasks it submits (none for a request).
+_Out = tuple[bytes, tuple[str, ...]]
 
 
 class RelayBackend:
@@ -78,6 +91,8 @@ class RelayBackend:
         batch_max_tasks: the most tasks in one submit message.
         batch_max_bytes: the most bytes in one submit message (a bigger task goes alone).
         reply_timeout: seconds to wait for the relay to answer a request (hello, list...).
+        unknown_retry_for: seconds to keep asking, after a reconnect, for a task submitted
+            here that the relay does not know yet; then its future fails with a RelayError.
 
     Raises:
         AuthenticationError: no user is configured.
@@ -95,6 +110,7 @@ class RelayBackend:
         batch_max_tasks: int = 2000,
         batch_max_bytes: int = 8 * _MiB,
         reply_timeout: float = 15.0,
+        unknown_retry_for: float = 120.0,
     ) -> None:
         if transport is None:
             url, name, secret = load_client_config(config).resolved(relay, user, password)
@@ -112,11 +128,18 @@ class RelayBackend:
         self._batch_tasks = batch_max_tasks
         self._batch_bytes = batch_max_bytes
         self._reply_timeout = reply_timeout
+        self._unknown_retry_for = unknown_retry_for
         self._lock = threading.Lock()
         self._outstanding: dict[str, TaskKind] = {}
         self._attached: dict[str, TaskFuture] = {}
-        self._tasks: list[bytes] = []
-        self._frames: list[bytes] = []  # control frames, then unsent ones after a failure
+        self._tasks: list[tuple[str, bytes]] = []
+        self._frames: list[_Out] = []  # requests, then unsent ones after a failure
+        self._unconfirmed: set[str] = set()  # submitted here; the broker has not confirmed it
+        self._ask: dict[str, float] = {}  # task id -> when to ask the relay for its state
+        self._unknown_since: dict[str, float] = {}  # when the relay first said "unknown"
+        self._asks: set[str] = set()  # request ids of those asks
+        self._client = uuid.uuid4().hex
+        self._sessions = 0
         self._fetched: list[str] = []
         self._fetched_due = 0.0
         self._replies: dict[str, _Reply] = {}
@@ -181,7 +204,8 @@ class RelayBackend:
             wake = not self._tasks
             for task, body in accepted:
                 self._outstanding[task.task_id] = task.kind
-                self._tasks.append(body)
+                self._unconfirmed.add(task.task_id)
+                self._tasks.append((task.task_id, body))
         if wake:
             self._wake()
 
@@ -214,7 +238,7 @@ class RelayBackend:
         slot = _Reply()
         with self._lock:
             self._replies[cid] = slot
-            self._frames.append(encode_frame({**header, "cid": cid}))
+            self._frames.append((encode_frame({**header, "cid": cid}), ()))
         self._wake()
         wait = self._reply_timeout if timeout is None else timeout
         if not slot.event.wait(wait) or slot.header is None:
@@ -274,7 +298,7 @@ class RelayBackend:
 
     def _send(self, header: Mapping[str, Any]) -> None:
         with self._lock:
-            self._frames.append(encode_frame(header))
+            self._frames.append((encode_frame(header), ()))
         self._wake()
 
     def _wake(self) -> None:
@@ -320,7 +344,9 @@ class RelayBackend:
             first = False
 
     def _serve(self, channel: Channel, *, resume: bool) -> None:
-        queue = session_queue(self.user, uuid.uuid4().hex)
+        # Numbered sessions: the relay never routes a task back to an earlier one of ours.
+        self._sessions += 1
+        queue = session_queue(self.user, f"{self._client}-{self._sessions:08d}")
         channel.declare_queue(
             queue,
             durable=False,
@@ -331,10 +357,7 @@ class RelayBackend:
         self._queue = queue
         self._channel = channel
         if resume:
-            with self._lock:
-                ids = list(dict.fromkeys([*self._outstanding, *self._attached]))
-            if ids:  # route every outstanding result to this new session
-                self._send({"type": "fetch", "task_ids": ids})
+            self._resume()
         self._connected.set()
         while True:
             closing = self._closing.is_set()  # read first: the last flush sends everything
@@ -342,6 +365,18 @@ class RelayBackend:
             if closing:
                 return
             channel.process(0.1)
+
+    def _resume(self) -> None:
+        """Route every outstanding task's results to the new session: ask for the tasks
+        submitted here once their submits are confirmed (``_flush``), for the others (attached
+        ones) at once."""
+        now = time.monotonic()
+        with self._lock:
+            self._asks.clear()  # answers to the old session's asks never come
+            self._ask.update(dict.fromkeys(self._outstanding, now))
+            others = [t for t in self._attached if t not in self._outstanding]
+        if others:
+            self._send({"type": "fetch", "task_ids": others})
 
     def _flush(self, channel: Channel) -> None:
         now = time.monotonic()
@@ -355,29 +390,54 @@ class RelayBackend:
             ):
                 fetched, self._fetched = self._fetched, []
         if fetched:
-            frames.append(encode_frame({"type": "fetched", "task_ids": fetched}))
+            frames.append((encode_frame({"type": "fetched", "task_ids": fetched}), ()))
         frames.extend(self._batches(tasks))
-        for i, body in enumerate(frames):
+        self._publish(channel, frames)
+        if self._ask:  # after the submits above are confirmed
+            self._publish(channel, self._due_asks(now))
+
+    def _publish(self, channel: Channel, frames: list[_Out]) -> None:
+        for i, (body, submitted) in enumerate(frames):
             try:
                 channel.publish(EXCHANGE_IN, KEY_REQUEST, body, reply_to=self._queue)
             except BackendError:
                 with self._lock:  # resend after reconnecting, before anything newer
                     self._frames[:0] = frames[i:]
                 raise
+            if submitted:  # confirmed: the relay will see these tasks
+                with self._lock:
+                    self._unconfirmed.difference_update(submitted)
 
-    def _batches(self, tasks: list[bytes]) -> list[bytes]:
+    def _due_asks(self, now: float) -> list[_Out]:
+        """Fetch requests for the tasks due to be asked for whose submits are confirmed; the
+        relay answers which ones it does not know (``_on_asked``)."""
+        with self._lock:
+            due = [t for t, at in self._ask.items() if at <= now and t not in self._unconfirmed]
+            for tid in due:
+                del self._ask[tid]
+            due = [t for t in due if t in self._outstanding]
+            cids = [uuid.uuid4().hex for _ in range(0, len(due), _ASK_BATCH)]
+            self._asks.update(cids)
+        return [
+            (encode_frame({"type": "fetch", "task_ids": ids, "cid": cid, "unknown": "report"}), ())
+            for cid, ids in zip(cids, _chunked(due, _ASK_BATCH), strict=True)
+        ]
+
+    def _batches(self, tasks: list[tuple[str, bytes]]) -> list[_Out]:
         header = {"type": "submit", "endpoint_id": self.endpoint_id}
-        frames: list[bytes] = []
+        frames: list[_Out] = []
         batch: list[bytes] = []
+        ids: list[str] = []
         size = 0
-        for body in tasks:
+        for tid, body in tasks:
             if batch and (len(batch) >= self._batch_tasks or size + len(body) > self._batch_bytes):
-                frames.append(encode_frame(header, batch))
-                batch, size = [], 0
+                frames.append((encode_frame(header, batch), tuple(ids)))
+                batch, ids, size = [], [], 0
             batch.append(body)
+            ids.append(tid)
             size += len(body) + 1
         if batch:
-            frames.append(encode_frame(header, batch))
+            frames.append((encode_frame(header, batch), tuple(ids)))
         return frames
 
     def _on_message(self, channel: Channel, delivery: Delivery) -> None:
@@ -397,11 +457,40 @@ class RelayBackend:
         channel.ack(delivery.tag)
 
     def _on_reply(self, header: Mapping[str, Any]) -> None:
+        cid = str(header.get("cid"))
         with self._lock:
-            slot = self._replies.pop(str(header.get("cid")), None)
+            slot = self._replies.pop(cid, None)
+            asked = cid in self._asks
+            self._asks.discard(cid)
+        if asked:
+            unknown = header.get("unknown")
+            self._on_asked([str(t) for t in unknown] if isinstance(unknown, list) else [])
         if slot is not None:
             slot.header = header
             slot.event.set()
+
+    def _on_asked(self, unknown: list[str]) -> None:
+        """The relay does not know these tasks (yet): ask again later, with backoff; a task
+        still unknown after ``unknown_retry_for`` seconds fails with a RelayError."""
+        now = time.monotonic()
+        lost: list[str] = []
+        with self._lock:
+            for tid in unknown:
+                if tid not in self._outstanding:
+                    continue  # its result came meanwhile
+                waited = now - self._unknown_since.setdefault(tid, now)
+                if waited >= self._unknown_retry_for:
+                    lost.append(tid)
+                else:  # the gaps double: 0.2, 0.2, 0.4, 0.8, ... 5 s
+                    self._ask[tid] = now + min(max(waited, _ASK_MIN), _ASK_MAX)
+        for tid in lost:
+            exc = RelayError(
+                f"the relay does not know task {tid!r}, although the broker confirmed its "
+                f"submit and the relay was asked for it during {self._unknown_retry_for:.0f} s: "
+                "the relay's store lost it (reset, or restored from a backup?); submit it again",
+                "unknown_task",
+            )
+            self._deliver(failed_result(tid, exc))
 
     def _deliver(self, msg: ResultMessage) -> None:
         tid = msg.task_id
@@ -411,6 +500,8 @@ class RelayBackend:
             if msg.state.terminal:
                 self._attached.pop(tid, None)
                 self._outstanding.pop(tid, None)
+                self._ask.pop(tid, None)
+                self._unknown_since.pop(tid, None)
                 if not self._fetched:
                     self._fetched_due = time.monotonic() + _FETCHED_DELAY
                 self._fetched.append(tid)
@@ -425,3 +516,7 @@ class RelayBackend:
 
 def _nothing() -> None:
     """A wake-up: running any callback makes ``Channel.process`` return."""
+
+
+def _chunked(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
