@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from mpiengine_sdk import (
     ShellFunction,
     SubmitError,
     TaskCancelled,
+    TaskFuture,
     TaskState,
 )
 from mpiengine_sdk.backend import ResultSink
@@ -36,6 +38,7 @@ from mpiengine_sdk.remote.fake import FakeBroker
 from mpiengine_sdk.remote.protocol import (
     EXCHANGE_IN,
     QUEUE_DEAD,
+    QUEUE_REQUESTS,
     decode_frame,
     encode_frame,
     session_queue,
@@ -83,6 +86,7 @@ class System:
         self.root = root
         self.broker = FakeBroker()
         config = RelayConfig(store=str(root / "relay.db"), **relay_options)  # type: ignore[arg-type]
+        self.config = config
         self.relay = RelayService(config, transport=self.broker.transport("admin"))
         for user in ("alice", "bob"):
             self.relay.store.add_user(user)
@@ -119,8 +123,17 @@ class System:
         self.services.append(service)
         return service
 
-    def executor(self, user: str = "alice") -> Executor:
-        backend = RelayBackend(self.endpoint_id, transport=self.broker.transport(user))
+    def restart_relay(self) -> None:
+        """Stop the relay and start another on the same store."""
+        self.relay.stop()
+        self.threads[0].join(10)
+        self.relay = RelayService(self.config, transport=self.broker.transport("admin"))
+        ready = threading.Event()
+        self.threads[0] = self._spawn(lambda: self.relay.serve(on_ready=ready.set))
+        assert ready.wait(5)
+
+    def executor(self, user: str = "alice", **options: Any) -> Executor:
+        backend = RelayBackend(self.endpoint_id, transport=self.broker.transport(user), **options)
         ex = Executor(backend=backend)
         self.executors.append(ex)
         return ex
@@ -211,6 +224,77 @@ def test_a_broker_restart_loses_nothing(system: System) -> None:
     assert not pending
     assert sorted(counts) == sorted(f.task_id for f in futures)
     assert set(counts.values()) == {1}
+
+
+def _wait(condition: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.01)
+
+
+def test_tasks_submitted_while_the_broker_is_down_get_their_results(system: System) -> None:
+    system.endpoint()
+    ex = system.executor()
+    counts = _counting(ex)
+    futures = [ex.submit(ShellFunction(["echo", str(i)])) for i in range(50)]
+    with system.broker.lock:
+        system.broker.down = True
+        system.broker.restart()
+    futures += [ex.submit(ShellFunction(["echo", str(i)])) for i in range(50, 150)]
+    _wait(lambda: ex.backend._channel is None, "the client saw the broker go")  # type: ignore[attr-defined]
+    system.broker.down = False
+    done, pending = concurrent.futures.wait(futures, timeout=60)
+    assert not pending
+    assert [f.exception() for f in futures] == [None] * 150  # no "unknown task" among them
+    assert set(counts.values()) == {1} and len(counts) == 150
+
+
+def _hold_a_submit(system: System, ex: Executor) -> tuple[TaskFuture, Any]:
+    """A task whose submit the broker confirmed but no relay has seen (as if another relay
+    process held it), asked for after a reconnect."""
+    ex.submit(TRUE).result(10)
+    system.relay.stop()
+    system.threads[0].join(10)
+    future = ex.submit(TRUE)
+    requests = system.broker.queues[QUEUE_REQUESTS]
+    _wait(lambda: len(requests.ready) == 1, "the submit queued")
+    with system.broker.lock:
+        held = requests.ready.popleft()
+    backend = ex.backend
+    assert isinstance(backend, RelayBackend)
+    answered = backend._on_asked
+    unknown: list[str] = []
+
+    def spy(ids: list[str]) -> None:
+        unknown.extend(ids)
+        answered(ids)
+
+    backend._on_asked = spy  # type: ignore[method-assign]
+    system.broker.restart()  # the client reconnects, and asks for the task
+    system.restart_relay()
+    _wait(lambda: unknown.count(future.task_id) >= 3, "the relay answered unknown 3 times")
+    return future, held
+
+
+def test_an_unknown_task_submitted_here_is_asked_for_again(system: System) -> None:
+    system.endpoint()
+    ex = system.executor()
+    future, held = _hold_a_submit(system, ex)
+    assert not future.done()
+    with system.broker.lock:  # the other relay hands the submit on
+        system.broker.queues[QUEUE_REQUESTS].ready.append(held)
+        system.broker.changed.notify_all()
+    assert future.result(20).returncode == 0
+
+
+def test_a_task_unknown_for_too_long_fails_with_a_relay_error(system: System) -> None:
+    system.endpoint()
+    ex = system.executor(unknown_retry_for=1.0)
+    future, _held = _hold_a_submit(system, ex)
+    with pytest.raises(RelayError, match="does not know task .* submit it again") as info:
+        future.result(20)
+    assert not isinstance(info.value, AuthorizationError)
 
 
 def test_graceful_stop_returns_unfinished_tasks(system: System) -> None:
