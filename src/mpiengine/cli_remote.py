@@ -196,7 +196,7 @@ def endpoints(config_path: Path | None) -> None:
             view = endpoint_view(record, threshold, time.time())
             state = "online" if view["online"] else "offline"
             shared = ",".join(record.allowed) or "-"
-            click.echo(f"{record.id}  {record.name}  owner={record.owner}  {state}  {shared=}")
+            click.echo(f"{record.id}  {record.name}  owner={record.owner}  {state}  shared={shared}")
 
 
 # -- endpoint ---------------------------------------------------------------------------------

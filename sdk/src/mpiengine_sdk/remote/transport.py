@@ -27,6 +27,7 @@ __all__ = [
     "PikaTransport",
     "Transport",
     "Unroutable",
+    "describe",
 ]
 
 CONTENT_TYPE = "application/x-mpiengine-frame"
@@ -156,7 +157,23 @@ def _mapped(what: str) -> Iterator[None]:
             ) from exc
         raise BackendError(f"{what}: the broker closed the channel ({exc.reply_text})") from exc
     except (pex.AMQPError, OSError) as exc:
-        raise BackendError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise BackendError(f"{what}: {describe(exc)}") from exc
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: reason`` of the error pika wraps in ``exc`` (its wrappers' own text is empty:
+    ``AMQPConnectionError()`` around a refused TCP connection says nothing by itself)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "exception", None)  # pika's connection-workflow errors
+        if not isinstance(inner, BaseException) and exc.args:
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException) or (str(exc) and not str(inner)):
+            break
+        exc = inner
+    reason = str(exc) or (repr(exc.args) if exc.args else "no reason given")
+    return f"{type(exc).__name__}: {reason}"
 
 
 class PikaTransport:
@@ -226,9 +243,7 @@ class PikaTransport:
                 "access_refused",
             ) from exc
         except (pex.AMQPError, OSError) as exc:
-            raise BackendError(
-                f"cannot reach the broker at {where}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise BackendError(f"cannot reach the broker at {where}: {describe(exc)}") from exc
         with _mapped("open channel"):
             return _PikaChannel(conn, self.user)
 
