@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
-python3 -m pip install -q --disable-pip-version-check -e ./sdk -e '.[mpi,providers,test,bench]'
+python3 -m pip install -q --disable-pip-version-check -e ./sdk -e '.[mpi,providers,test,bench,postgres]'
 
 bash ci/rabbitmq.sh
+bash ci/postgres.sh
 if [ -f ci/slurm-docker/start.sh ]; then
     trap 'bash "$REPO/ci/slurm-docker/stop.sh" || true' EXIT
     bash ci/slurm-docker/start.sh

@@ -54,3 +54,32 @@ def executor(tmp_path: Path) -> Iterator[object]:
         yield ex
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
+
+
+#: The PostgreSQL database of the relay's tests (ci/postgres.sh creates it).
+POSTGRES_URL = os.environ.get(
+    "MPIENGINE_TEST_POSTGRES", "postgresql://mpiengine:mpiengine@127.0.0.1:5432/mpiengine_test"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose tables land in a fresh schema, dropped afterwards. Fails under
+    CI when PostgreSQL or psycopg is missing."""
+    import uuid
+    from urllib.parse import quote
+
+    try:
+        import psycopg
+
+        conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except Exception as exc:  # no psycopg, or no server (psycopg.OperationalError)
+        require(False, f"PostgreSQL at {POSTGRES_URL} ({exc})", "run: bash ci/postgres.sh")
+        raise
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{POSTGRES_URL}?options={quote(f'-csearch_path={schema}')}"
+        finally:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
