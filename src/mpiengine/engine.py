@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mpiengine.blocks.base import BlockHandle
+from mpiengine.nodefail import LAUNCHER_REASON, failed_node_in, node_failed_result
 from mpiengine.outcome import result_from_completion, result_without_run
 from mpiengine.placement import Placement
 from mpiengine.runner.process import Completion
@@ -47,6 +48,7 @@ class _Task:
     state: TaskState = TaskState.QUEUED
     placement: Placement | None = None
     attempts: int = 0
+    node_failure: tuple[str, str] | None = None  # (node, reason): killed for it, not yet back
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,14 @@ class EngineStatus:
     running: int
     completed: int
     last_error: str
+    #: block id -> {node: why it was excluded}: failed nodes no task is placed on any more.
+    excluded_nodes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types."""
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["excluded_nodes"] = {b: dict(n) for b, n in self.excluded_nodes.items()}
+        return out
 
 
 class Engine:
@@ -109,6 +115,8 @@ class Engine:
         self._active_ids: set[str] = set()
         self._ids_lock = threading.Lock()
         self._blocks: dict[str, BlockHandle] = {}
+        # block id -> {node: reason}; replaced whole on change, so readers need no lock.
+        self._excluded: dict[str, dict[str, str]] = {}
         self._completed = 0
         self._last_error = ""
         self._seq = itertools.count()
@@ -169,6 +177,20 @@ class Engine:
         """A block vanished: retry its running tasks within budget, else report them LOST."""
         self._events.put(("lose_block", block_id, reason))
 
+    def fail_node(self, block_id: str, node: str, reason: str) -> None:
+        """A node of a block failed: place nothing more on it, and kill the tasks running on
+        it (all their ranks); each is retried elsewhere within its ``retries``, else reported
+        ``NodeFailed``. Repeated or unknown reports are ignored."""
+        self._events.put(("fail_node", block_id, node, reason))
+
+    def retire_block(self, block_id: str) -> None:
+        """Place nothing more on a block (it is being replaced); its running tasks go on."""
+        self._events.put(("retire_block", block_id))
+
+    def excluded_nodes(self) -> dict[str, dict[str, str]]:
+        """Failed nodes by block: ``{block_id: {node: reason}}`` (a snapshot)."""
+        return {block_id: dict(nodes) for block_id, nodes in self._excluded.items()}
+
     def report(self, block_id: str, completion: Completion) -> None:
         """A block's runner finished a task (the CompletionSink of every block)."""
         self._events.put(("complete", block_id, completion))
@@ -187,6 +209,7 @@ class Engine:
             running=running,
             completed=self._completed,
             last_error=self._last_error,
+            excluded_nodes=self.excluded_nodes(),
         )
 
     @property
@@ -260,6 +283,11 @@ class Engine:
             self._scheduler.add_block(handle.info)
         elif kind == "lose_block":
             self._lose_block(event[1], event[2])
+        elif kind == "fail_node":
+            self._fail_node(event[1], event[2], event[3])
+        elif kind == "retire_block":
+            if event[1] in self._blocks:
+                self._scheduler.retire_block(event[1])
         elif kind == "stop":
             self._stop(bool(event[1]))
 
@@ -311,8 +339,18 @@ class Engine:
         task = self._tasks.get(done.task_id)
         if task is None or task.placement is None or task.placement.block_id != block_id:
             return  # already resolved (block lost and retried elsewhere, or cancelled)
+        if not (done.cancelled or done.timed_out or done.hung):
+            node = failed_node_in(done.stderr, task.placement.nodes)
+            if node is not None:  # srun saw the node fail (maybe before the agent did)
+                task.node_failure = task.node_failure or (node, LAUNCHER_REASON)
+                self._fail_node(block_id, node, LAUNCHER_REASON)
+            elif task.node_failure is not None and done.returncode == 0 and not done.error:
+                task.node_failure = None  # it ended well before the kill reached it
         self._scheduler.release(done.task_id)
         block = self._blocks.get(block_id)
+        if task.node_failure is not None:
+            self._retry_or_fail(task, done, block.job_id if block else "")
+            return
         result = result_from_completion(
             task.msg,
             task.placement,
@@ -321,6 +359,47 @@ class Engine:
             attempts=task.attempts,
         )
         self._finish(task, result)
+
+    def _fail_node(self, block_id: str, node: str, reason: str) -> None:
+        block = self._blocks.get(block_id)
+        known = self._excluded.get(block_id, {})
+        if block is None or node not in block.info.nodes or node in known:
+            return
+        self._excluded = {**self._excluded, block_id: {**known, node: reason}}
+        log.warning("block %s: node %s failed (%s); no task is placed on it any more",
+                    block_id, node, reason)  # fmt: skip
+        for task_id in self._scheduler.exclude_node(block_id, node):
+            task = self._tasks.get(task_id)
+            if task is not None and task.node_failure is None:
+                # Its slots stay held until its completion: its ranks on the other nodes
+                # must be gone before another task gets them.
+                task.node_failure = (node, reason)
+                block.kill(task_id)
+
+    def _retry_or_fail(self, task: _Task, done: Completion | None, job_id: str) -> None:
+        """A task killed by a node failure (its slots already released): again, or NodeFailed."""
+        assert task.node_failure is not None and task.placement is not None
+        node, reason = task.node_failure
+        task_id = task.msg.task_id
+        if task.attempts <= task.spec.retries:
+            log.warning("node %s failed under task %s: retrying it", node, task_id)
+            task.state = TaskState.QUEUED
+            task.placement = None
+            task.node_failure = None
+            self._scheduler.submit(task.request)
+            return
+        self._finish(
+            task,
+            node_failed_result(
+                task.msg,
+                task.placement,
+                done,
+                node=node,
+                reason=reason,
+                job_id=job_id,
+                attempts=task.attempts,
+            ),
+        )
 
     def _finish(self, task: _Task, result: ResultMessage) -> None:
         self._tasks.pop(task.msg.task_id, None)
@@ -334,6 +413,7 @@ class Engine:
         if task is None:
             return
         if task.state is TaskState.RUNNING and task.placement is not None:
+            task.node_failure = None  # cancelled, not retried
             block = self._blocks.get(task.placement.block_id)
             if block is not None:
                 block.kill(task_id)  # the runner's Completion (cancelled=True) follows
@@ -349,9 +429,13 @@ class Engine:
         if block is None:
             return
         lost = self._scheduler.remove_block(block_id)
+        self._excluded = {b: n for b, n in self._excluded.items() if b != block_id}
         for task_id in lost:
             task = self._tasks.get(task_id)
             if task is None:
+                continue
+            if task.node_failure is not None:  # its node failed first: say so
+                self._retry_or_fail(task, None, block.job_id)
                 continue
             if task.attempts <= task.spec.retries:
                 log.warning("block %s lost (%s): retrying task %s", block_id, reason, task_id)

@@ -20,6 +20,10 @@ EXAMPLES: list[errors.MPIEngineError] = [
     errors.TaskFailed("exit 3", task_id="t1", returncode=3, stdout="o", stderr="e"),
     errors.TaskTimeout("late", task_id="t2", returncode=124),
     errors.BlockLost("gone", task_id="t3", block_id="b1", job_id="42", nodes=["n1", "n2"]),
+    errors.NodeFailed(
+        "node n2 failed", task_id="t5", node="n2", block_id="b1", job_id="42", nodes=["n2"],
+        returncode=-15, stdout="o", stderr="e",
+    ),  # fmt: skip
     errors.RemoteExecutionError("ValueError", "bad", "Traceback ...", task_id="t4"),
     errors.SubmitError("no"),
     errors.TemplateError("broken"),

@@ -300,6 +300,7 @@ SAMPLES: dict[str, MPIEngineError] = {
     "TaskHung": errors.TaskHung("no output for 2.0 s"),
     "TaskCancelled": TaskCancelled("cancelled at submit"),
     "BlockLost": BlockLost("block gone"),
+    "NodeFailed": errors.NodeFailed("node n2 of block b1 (batch job 7) failed: down"),
     "RemoteExecutionError": RemoteExecutionError("ValueError", "bad", "Traceback..."),
 }
 

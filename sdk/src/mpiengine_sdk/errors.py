@@ -22,6 +22,7 @@ MPIEngineError                      base of everything below
     ├── TaskHung                    no output for progress_timeout s; the whole tree was killed
     ├── TaskCancelled               cancelled before or while running
     ├── BlockLost                   the block running it vanished and retries ran out
+    ├── NodeFailed                  a node under it failed (down, drained) and retries ran out
     └── RemoteExecutionError        a Python task raised; carries the remote traceback
 ```
 
@@ -42,6 +43,7 @@ __all__ = [
     "ExecutorShutdown",
     "InvalidTaskId",
     "MPIEngineError",
+    "NodeFailed",
     "PayloadTooLarge",
     "RateLimited",
     "RelayError",
@@ -295,6 +297,47 @@ class BlockLost(TaskError):
         self._remember(message, task_id=task_id, block_id=block_id, job_id=job_id, nodes=nodes)
         self.nodes = tuple(nodes)
         super().__init__(message, task_id=task_id)
+
+
+class NodeFailed(TaskError):
+    """A node under the task failed and the task's retry budget is spent.
+
+    The batch system marked the node down, drained or failing, or the launcher reported that
+    the node failed. The task's ranks on every node were killed; the endpoint places no more
+    tasks on that node (the rest of its block goes on serving). Resubmitting runs the task on
+    other nodes; more ``retries`` in its ResourceSpec let the endpoint do that by itself.
+
+    Attributes:
+        node: the node that failed.
+        block_id: the endpoint's id of its block.
+        job_id: the batch system's job id of that block.
+        nodes: the nodes the task was placed on.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str = "",
+        node: str = "",
+        block_id: str = "",
+        job_id: str = "",
+        nodes: Sequence[str] = (),
+        returncode: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self._remember(
+            message, task_id=task_id, node=node, block_id=block_id, job_id=job_id, nodes=nodes,
+            returncode=returncode, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+        self.node = node
+        self.block_id = block_id
+        self.job_id = job_id
+        self.nodes = tuple(nodes)
+        super().__init__(
+            message, task_id=task_id, returncode=returncode, stdout=stdout, stderr=stderr
+        )
 
 
 class RemoteExecutionError(TaskError):

@@ -22,6 +22,7 @@ from mpiengine_sdk.errors import (
     BlockLost,
     ConfigError,
     MPIEngineError,
+    NodeFailed,
     PayloadTooLarge,
     RateLimited,
     RemoteExecutionError,
@@ -159,6 +160,7 @@ def unpack_result(kind: TaskKind, msg: ResultMessage) -> object:
     Raises:
         TaskCancelled: the task was cancelled.
         BlockLost: its block was lost and its retries are spent.
+        NodeFailed: a node under it failed and its retries are spent.
         TaskTimeout: a Python task reached its walltime.
         TaskHung: a Python task wrote nothing for its ``progress_timeout`` and was killed.
         BaseException: the exception a Python task raised, with the remote traceback as a note
@@ -176,6 +178,8 @@ def unpack_result(kind: TaskKind, msg: ResultMessage) -> object:
             msg.error_message or f"task {msg.task_id} was cancelled", task_id=msg.task_id
         )
     if state is TaskState.LOST:
+        if msg.error_type == "NodeFailed":
+            raise _node_failed(msg.error_message or _lost_message(msg), msg)
         raise BlockLost(
             msg.error_message or _lost_message(msg),
             task_id=msg.task_id,
@@ -312,6 +316,24 @@ def _lost_message(msg: ResultMessage) -> str:
     )
 
 
+def _node_failed(text: str, msg: ResultMessage) -> NodeFailed:
+    """NodeFailed from a result: the block, job and tails from its fields; the failed node
+    from the endpoint's message (``... node NAME of block ...``), which is the only place the
+    wire carries it."""
+    found = re.search(r"\bnode (\S+) of block ", text)
+    return NodeFailed(
+        text,
+        task_id=msg.task_id,
+        node=found[1] if found else "",
+        block_id=msg.block_id,
+        job_id=msg.job_id,
+        nodes=msg.nodes,
+        returncode=msg.returncode,
+        stdout=msg.stdout,
+        stderr=msg.stderr,
+    )
+
+
 def _rebuild_error(msg: ResultMessage) -> MPIEngineError | None:
     """An instance of the mpiengine error class ``msg.error_type`` names, or None.
 
@@ -346,6 +368,8 @@ def _construct(cls: type[MPIEngineError], text: str, msg: ResultMessage) -> MPIE
             return RemoteExecutionError("Exception", text, msg.error_traceback, msg.task_id)
         tb = match["tb"] or msg.error_traceback
         return RemoteExecutionError(match["type"], match["message"], tb, msg.task_id)
+    if cls is NodeFailed:
+        return _node_failed(text, msg)
     if cls is BlockLost:
         return BlockLost(
             text, task_id=msg.task_id, block_id=msg.block_id, job_id=msg.job_id, nodes=msg.nodes

@@ -56,7 +56,8 @@ class ResourceSpec:
         priority: higher runs first; FIFO among equals. May be negative.
         exclusive: hold the task's nodes whole, even when it uses fewer cores than they have.
         launcher_options: extra launcher arguments, one list element per argument.
-        retries: how many times the task may be re-run when its block is lost (>= 0).
+        retries: how many times the task may be re-run when its block is lost or a node
+            under it fails (>= 0).
         progress_timeout: seconds the task may go without its stdout or stderr growing before
             it is taken as hung: its process tree is killed as at the walltime, and it ends in
             state HUNG (returncode 125, ``TaskHung``); None: no such check.
