@@ -8,6 +8,7 @@ node. Modules, one concept each:
 - ``process``: ``TaskRunner``, the event-driven runner thread;
 - ``spawn``: starting one task process (direct fork/exec, Popen fallback) and reaping it;
 - ``proctree``: finding and killing a task's whole process tree;
+- ``watchdog``: the process that kills a runner's trees when the runner's owner dies;
 - ``tails``: the bounded last lines of an output file;
 - ``pyrunner``: the entry point of Python tasks (``python -m mpiengine.runner.pyrunner``);
 - ``pyoutcome``: reading a Python task's result files without unpickling them;

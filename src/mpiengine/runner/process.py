@@ -27,6 +27,9 @@ How a task ends:
    the same way and the task is reported ``hung`` with returncode 125. A change counts from
    when it is seen, so a task is never taken as hung before it has been silent that long.
 3. It cannot be started (missing executable, bad sandbox): ``error`` says why, returncode None.
+
+If this process dies without closing the runner (SIGKILL), a watchdog process (``watchdog``),
+which holds the tasks' registrations, kills every tree still running.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from mpiengine.runner.proctree import TreeKill, group_has_live_member, kill_tree
 from mpiengine.runner.sandbox import write_files
 from mpiengine.runner.spawn import reap, spawn
 from mpiengine.runner.tails import DEFAULT_TAIL_BYTES, tail
+from mpiengine.runner.watchdog import Watchdog
 
 __all__ = ["Completion", "LaunchSpec", "TASK_MARKER_ENV", "TIMEOUT_RETURNCODE", "TaskRunner"]
 
@@ -139,6 +143,8 @@ class TaskRunner:
         self._deadlines: list[tuple[float, int, _Task, _Deadline]] = []
         self._seq = 0
         self._stopping = False
+        # Kills the registered trees if this process dies without closing the runner.
+        self._watchdog = Watchdog(kill_grace)
         self._thread = threading.Thread(target=self._loop, name="mpiengine-runner", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -232,6 +238,7 @@ class TaskRunner:
             self._selector.close()
             for fd in (self._wake_r, self._wake_w, self._devnull):
                 os.close(fd)
+            self._watchdog.close()
 
     def _crashed(self) -> None:
         """Last resort after a bug in this thread: kill every tree, report every task."""
@@ -287,7 +294,9 @@ class TaskRunner:
                 raise ValueError("argv is empty")
             write_files(spec.sandbox, spec.files)
             task.started = time.time()
+            self._watchdog.expect(spec.task_id, spec.env.get(TASK_MARKER_ENV))
             task.pid = self._start_process(spec)
+            self._watchdog.started(spec.task_id, task.pid)
         except (OSError, ValueError, TypeError, subprocess.SubprocessError) as exc:
             task.error = f"cannot launch {spec.argv[:1]!r} in {str(spec.sandbox)!r}: {exc}"
             task.started = None
@@ -420,6 +429,7 @@ class TaskRunner:
     def _finish(self, task: _Task) -> None:
         task.done = True
         self._release(task)
+        self._watchdog.ended(task.spec.task_id)
         spec = task.spec
         sandbox = str(spec.sandbox)
         out, err = f"{sandbox}/stdout", f"{sandbox}/stderr"
