@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import sys
@@ -177,40 +178,59 @@ def _tail(path: Path, lines: int = 15) -> str:
 def stop_endpoint(name: str, grace: float | None = None, timeout: float | None = None) -> bool:
     """Stop a running endpoint: SIGTERM, then SIGKILL if it outlives grace + ``timeout``.
 
+    Returns only once the process has exited (a zombie not yet reaped by its parent counts as
+    exited; its pid file going away does not: the interpreter is still shutting down then).
+
     Returns:
         False if it was not running.
+
+    Raises:
+        BackendError: it still runs 30 s after SIGKILL (stuck in the kernel).
     """
     paths = EndpointPaths.of(name)
     pid = running_pid(paths)
     if pid is None:
         return False
-    config = load_service_config(paths.config)
-    wait = (grace if grace is not None else config.stop_grace) + (timeout or 15.0)
-    if grace is not None:
-        (paths.root / "stop-grace").write_text(f"{grace}\n")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if running_pid(paths) is None or not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.1)
-    log.warning("endpoint %s (pid %d) did not stop in %.0f s: killing it", name, pid, wait)
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(50):
-        _reap(pid)
-        if not Path(f"/proc/{pid}").exists():
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(OSError):
-        paths.pid.unlink()
+    try:
+        pidfd = os.pidfd_open(pid)  # signals and the wait then follow this process, not a pid
+    except ProcessLookupError:
+        return False
+    try:
+        if running_pid(paths) != pid:  # it exited (and the pid was reused) before pidfd_open
+            return False
+        config = load_service_config(paths.config)
+        wait = (grace if grace is not None else config.stop_grace) + (timeout or 15.0)
+        if grace is not None:
+            (paths.root / "stop-grace").write_text(f"{grace}\n")
+        _signal(pidfd, signal.SIGTERM)
+        if not _exited(pidfd, pid, wait):
+            log.warning("endpoint %s (pid %d) did not stop in %.0f s: killing it", name, pid, wait)
+            _signal(pidfd, signal.SIGKILL)
+            if not _exited(pidfd, pid, 30.0):
+                raise BackendError(f"endpoint {name!r} (pid {pid}) did not exit after SIGKILL")
+    finally:
+        os.close(pidfd)
+    with contextlib.suppress(OSError, ValueError):
+        if int(paths.pid.read_text().strip()) == pid:  # left behind by a SIGKILL
+            paths.pid.unlink()
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect the endpoint's exit status when this process started it (start --detach)."""
+def _signal(pidfd: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # exited already; the pidfd says so
+        signal.pidfd_send_signal(pidfd, sig)
+
+
+def _exited(pidfd: int, pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the process behind ``pidfd`` to exit; reap it if it is
+    this process's child (``start --detach`` then ``stop`` in one process)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(pidfd, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return False
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+    return True
 
 
 def endpoint_status(name: str) -> dict[str, Any]:
