@@ -85,6 +85,7 @@ class EndpointConfig:
     max_backoff: float = 60
     walltime_margin: float = 10
     kill_grace: float = 2
+    node_check_interval: float = 5
     address: str = "127.0.0.1"
     port: int = 0
     agent_command: str | None = None

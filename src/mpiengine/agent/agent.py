@@ -9,6 +9,9 @@ thread hands finished tasks to the mailbox. The loop:
   processes at a time (more wait in FIFO order, so a burst of srun steps cannot flood
   slurmctld); a task's env is the job's own environment (SLURM_JOB_ID, worker_init's PATH, ...)
   overlaid with the task's variables, so ``srun`` starts a step inside this allocation;
+- watches the job's nodes through Slurm every ``node_check_interval`` seconds (see ``health``)
+  and reports a failed one (``nodes``); a task that ends badly is reported only after a fresh
+  check, so the endpoint hears of the node that killed it before it hears of the task;
 - after a walltime or cancel kill, cancels any srun step of the task still listed by Slurm
   before reporting it (see ``steps``), so its nodes are really free when the endpoint reuses
   them;
@@ -33,6 +36,7 @@ from typing import Any
 
 import zmq
 
+from mpiengine.agent.health import HealthThread, NodeFault, NodeWatcher
 from mpiengine.agent.mailbox import Mailbox
 from mpiengine.agent.nodes import discover_nodes, local_cpus
 from mpiengine.agent.protocol import (
@@ -72,6 +76,7 @@ class AgentOptions:
         max_launches: launcher processes run at once; more launches wait.
         kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
         nodes: node discovery: ``auto``, ``slurm``, ``pbs`` or ``local``.
+        node_check_interval: seconds between checks of the block's nodes (Slurm only).
     """
 
     connect: str
@@ -82,6 +87,7 @@ class AgentOptions:
     max_launches: int = 64
     kill_grace: float = 2.0
     nodes: str = "auto"
+    node_check_interval: float = 5.0
 
 
 def _not_run(spec: LaunchSpec, error: str = "") -> Completion:
@@ -111,6 +117,7 @@ class Agent:
         env: the job's environment (default: this process's).
         nodes: the block's nodes (default: discovered from ``env``).
         steps: srun step naming and cleanup (default: for ``SLURM_JOB_ID``).
+        watcher: checks the block's nodes (default: through Slurm, for ``SLURM_JOB_ID``).
     """
 
     def __init__(
@@ -120,12 +127,15 @@ class Agent:
         env: Mapping[str, str] | None = None,
         nodes: tuple[str, ...] | None = None,
         steps: SrunSteps | None = None,
+        watcher: NodeWatcher | None = None,
     ) -> None:
         self.opts = opts
         self._env = dict(os.environ if env is None else env)
         self.nodes = nodes if nodes is not None else discover_nodes(self._env, opts.nodes)
         self._job_id = self._env.get("SLURM_JOB_ID") or self._env.get("PBS_JOBID") or ""
         self._steps = steps or SrunSteps(self._env.get("SLURM_JOB_ID"))
+        self._watcher = watcher or NodeWatcher(self._env.get("SLURM_JOB_ID"), self.nodes)
+        self._health = HealthThread(self._watcher, opts.node_check_interval, self._post_faults)
         self._base_env = clean_base_env(self._env)
         self._stop_reason: str | None = None
         self._waiting: deque[LaunchSpec] = deque()
@@ -220,6 +230,8 @@ class Agent:
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["t"]
         if kind == "welcome":
+            if not self._welcomed:  # the endpoint knows the block now: node reports count
+                self._health.start()
             self._welcomed = True
         elif kind == "launch":
             self._launch(launch_from_dict(msg["spec"]))
@@ -273,6 +285,11 @@ class Agent:
             # stop it announces is reported (bye: block lost, task retried) before it.
             thread = threading.Timer(_HOLD_SIGNALLED, self._post, args=(done,))
             thread.daemon = True
+        elif self._watcher.enabled and (done.returncode != 0 or "srun: error" in done.stderr):
+            # Maybe a node died under it: a fresh node check goes out before the result.
+            thread = threading.Thread(
+                target=self._check_then_post, args=(done, time.monotonic()), daemon=True
+            )
         else:
             self._post(done)
             return
@@ -282,6 +299,17 @@ class Agent:
     def _post(self, done: Completion) -> None:
         self._mailbox.post(encode("done", c=completion_to_dict(done)))
 
+    def _post_faults(self, faults: list[NodeFault]) -> None:
+        self._mailbox.post(encode("nodes", failed=[f.as_dict() for f in faults]))
+
+    def _check_then_post(self, done: Completion, ended: float) -> None:
+        try:
+            faults = self._watcher.faults_since(ended)
+            if faults:  # all known ones: the endpoint ignores repeats
+                self._post_faults(faults)
+        finally:
+            self._post(done)
+
     def _clean_then_post(self, done: Completion) -> None:
         try:
             self._steps.cancel(done.task_id)
@@ -289,8 +317,12 @@ class Agent:
             self._mailbox.post(encode("done", c=completion_to_dict(done)))
 
     def _forward(self, data: bytes) -> None:
-        """Loop thread: a finished task frees a launch slot; its result goes to the endpoint."""
+        """Loop thread: a finished task frees a launch slot; its result goes to the endpoint,
+        as does a node report."""
         msg = decode(data)
+        if msg["t"] == "nodes":
+            self._send("nodes", failed=msg["failed"])
+            return
         self._specs.pop(msg["c"]["task_id"], None)
         self._send("done", c=msg["c"])
         self._start_waiting()
@@ -301,6 +333,7 @@ class Agent:
     def _shutdown(self, reason: str) -> None:
         log.warning("agent %s stopping: %s", self.opts.block_id, reason)
         self._send("bye", reason=reason)  # first: the tasks killed below are the block's loss
+        self._health.stop()
         waiting, self._waiting = list(self._waiting), deque()
         for spec in waiting:
             self._report(_not_run(spec))
@@ -309,5 +342,6 @@ class Agent:
             thread.join(timeout=15)
         for data in self._mailbox.receive_all():
             msg = decode(data)
-            self._send("done", c=msg["c"])
+            if msg["t"] == "done":
+                self._send("done", c=msg["c"])
         self._mailbox.close()

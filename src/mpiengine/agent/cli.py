@@ -50,6 +50,13 @@ def _read_token(token: str | None, token_file: Path | None) -> str:
     default="auto",
     show_default=True,
 )
+@click.option(
+    "--node-check-interval",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between checks of the block's nodes through Slurm (squeue, sinfo).",
+)
 @click.option("--log-file", type=click.Path(path_type=Path), default=None)
 def agent(
     connect: str,
@@ -61,6 +68,7 @@ def agent(
     max_launches: int,
     kill_grace: float,
     discovery: str,
+    node_check_interval: float,
     log_file: Path | None,
 ) -> None:
     """Run a block's agent: connect to the endpoint and run the tasks it sends."""
@@ -83,6 +91,7 @@ def agent(
         max_launches=max_launches,
         kill_grace=kill_grace,
         nodes=discovery,
+        node_check_interval=node_check_interval,
     )
     runner = Agent(opts)
 

@@ -8,6 +8,7 @@ Agent to endpoint:
     ``hello``  nodes, cpus, host, pid, started (epoch): sent on connect (and again until welcomed)
     ``hb``     running, queued: the heartbeat, every ``heartbeat_period`` seconds
     ``done``   c: one task's Completion
+    ``nodes``  failed: [{node, state, reason}]: nodes the batch system failed (see ``health``)
     ``bye``    reason: the agent is exiting (job cancelled, walltime, endpoint gone)
 Endpoint to agent:
     ``welcome`` (the hello was accepted), ``ping`` (the endpoint's heartbeat),

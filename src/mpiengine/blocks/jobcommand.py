@@ -47,6 +47,7 @@ def job_command(cfg: EndpointConfig, address: str, block_id: str, directory: Pat
         f"--grace={cfg.agent_grace}",
         f"--max-launches={cfg.max_concurrent_launches}",
         f"--kill-grace={cfg.kill_grace}",
+        f"--node-check-interval={cfg.node_check_interval}",
         f"--log-file={directory / 'agent.log'}",
     ]
     return f"{agent_command(cfg)} {shlex.join(opts)}"
