@@ -114,11 +114,11 @@ class BatchEndpoint:
         self._require().cancel(task_id)
 
     def status(self) -> EngineStatus:
-        """Blocks, nodes, task counts and the last provider error."""
+        """Blocks, nodes, task counts, failed (excluded) nodes and the last provider error."""
         return self._require().status()
 
     def blocks(self) -> list[BlockRecord]:
-        """Every block not yet gone: state, job id, nodes, end time."""
+        """Every block not yet gone: state, job id, nodes, failed (excluded) nodes, end time."""
         return self.manager.blocks()
 
     def shutdown(self, wait: bool = True) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiengine.blocks.provider import ProviderFailure, make_provider
+from mpiengine.blocks.provider import ProviderFailure, make_provider, survive_node_failure
 from mpiengine.config import load_config
 
 
@@ -187,3 +187,23 @@ def test_the_job_command_starts_the_agent_with_a_token_file_not_a_token(tmp_path
     assert job_command(config(agent_command="my-agent"), "tcp://h:1", "b", tmp_path).startswith(
         "my-agent --connect="
     )
+
+
+def test_blocks_are_submitted_to_survive_a_node_failure(slurm: FakeSlurm, tmp_path: Path) -> None:
+    provider = make_provider(config(), runner=slurm)
+    provider.submit("mpiengine agent", tmp_path / "s", "s")
+    text = Path(next(c for c in slurm.commands if c.startswith("sbatch")).split()[1]).read_text()
+    assert "#SBATCH --no-kill\n" in text and "#SBATCH --comment=hello" in text
+    pbs = make_provider(config(provider="pbspro", queue="debug", partition=None), runner=slurm)
+    pbs.submit("mpiengine agent", tmp_path / "p", "p")
+    qsub = next(c for c in slurm.commands if c.startswith("qsub"))
+    assert "#PBS -W tolerate_node_failures=all\n" in Path(qsub.split()[-1]).read_text()
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [("slurm", "#SBATCH --no-kill=off"), ("pbspro", "#PBS -W tolerate_node_failures=none")],
+)
+def test_scheduler_options_that_say_otherwise_win(provider: str, options: str) -> None:
+    cfg = config(provider=provider, scheduler_options=options, queue="q", partition=None)
+    assert survive_node_failure(cfg) == options

@@ -20,6 +20,9 @@ class BlockState(enum.Enum):
     PENDING = "pending"
     #: its agent said hello; the engine schedules tasks on it.
     CONNECTED = "connected"
+    #: fewer than half its nodes are usable: nothing new starts on it, a replacement is
+    #: requested, and it is released once its running tasks end.
+    RETIRING = "retiring"
     #: the endpoint is cancelling its job (idle, lost agent, or shutdown).
     RELEASING = "releasing"
     #: the job ended; nothing more is expected of it.
@@ -28,7 +31,12 @@ class BlockState(enum.Enum):
     @property
     def has_job(self) -> bool:
         """A job exists whose state is worth polling."""
-        return self in (BlockState.PENDING, BlockState.CONNECTED, BlockState.RELEASING)
+        return self not in (BlockState.SUBMITTING, BlockState.GONE)
+
+    @property
+    def attached(self) -> bool:
+        """Its agent is connected and the engine holds the block."""
+        return self in (BlockState.CONNECTED, BlockState.RETIRING)
 
 
 @dataclass
@@ -48,6 +56,7 @@ class BlockRecord:
         last_seen: the last message from its agent (engine clock).
         running_since: when the provider first saw the job running (engine clock).
         idle_since: since when it has run no task (engine clock); None while busy.
+        excluded: its failed nodes, with why (no task is placed on them any more).
     """
 
     block_id: str
@@ -62,10 +71,11 @@ class BlockRecord:
     last_seen: float = 0.0
     running_since: float | None = None
     idle_since: float | None = None
+    excluded: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> BlockRecord:
         """A detached copy (for status snapshots)."""
-        return dataclasses.replace(self)
+        return dataclasses.replace(self, excluded=dict(self.excluded))
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types, without the token."""

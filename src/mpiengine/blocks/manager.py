@@ -10,13 +10,19 @@ Three threads meet here, each doing only quick work under one lock:
   status and retried with exponential backoff; queued tasks are never touched;
 - the agent server thread calls :meth:`on_agent`: a ``hello`` turns a pending job into a
   RemoteBlock offered to the engine (``Engine.add_block``), ``done`` reports a task
-  (``Engine.report``), ``bye`` loses the block (``Engine.lose_block``).
+  (``Engine.report``), ``nodes`` reports failed nodes (``Engine.fail_node``), ``bye`` loses
+  the block (``Engine.lose_block``).
 
 A block's life: SUBMITTING (sbatch queued) -> PENDING (job id known) -> CONNECTED (its agent
-said hello) -> RELEASING (idle, or the endpoint stops) -> GONE. A job that ends (scancel, node
-failure, walltime) is seen either by its agent's ``bye``, by missed heartbeats, or by the
+said hello) -> RELEASING (idle, or the endpoint stops) -> GONE. A job that ends (scancel, lead
+node failure, walltime) is seen either by its agent's ``bye``, by missed heartbeats, or by the
 status poll, whichever comes first; the engine then retries or fails its running tasks
 (``BlockLost``) and the demand brings a replacement.
+
+A block survives the failure of its other nodes (it is submitted so: ``provider``): the engine
+excludes each failed node, and once fewer than half its nodes are usable the block goes
+CONNECTED -> RETIRING: nothing new starts on it, a replacement is requested, and it is released
+when its running tasks have ended.
 
 Everything of a block is kept under ``workdir/blocks/<block_id>/``: its token, the submit
 script and the job's stdout/stderr (written by the Parsl provider) and the agent's log.
@@ -39,7 +45,12 @@ from mpiengine.blocks.blockstate import BlockRecord, BlockState
 from mpiengine.blocks.jobcommand import job_command
 from mpiengine.blocks.provider import BlockProvider, JobView, ProviderFailure
 from mpiengine.blocks.remote import AgentServer, RemoteBlock
-from mpiengine.blocks.scaling import backoff_delay, blocks_to_add, blocks_to_release
+from mpiengine.blocks.scaling import (
+    backoff_delay,
+    blocks_to_add,
+    blocks_to_release,
+    needs_replacement,
+)
 from mpiengine.config import EndpointConfig
 from mpiengine.engine import Engine
 from mpiengine.launchers import LauncherSpec
@@ -85,6 +96,7 @@ class BlockManager:
         self._status_failures = 0
         self._next_poll = 0.0
         self._poll_busy = False
+        self._owed = 0  # replacements for retired blocks, not yet requested
         self._init_done = False
         self._closed = False
         self.last_error = ""
@@ -100,9 +112,13 @@ class BlockManager:
         self._engine = engine
 
     def blocks(self) -> list[BlockRecord]:
-        """A snapshot of every block not yet gone."""
+        """A snapshot of every block not yet gone, with its failed nodes."""
+        excluded = self._engine.excluded_nodes() if self._engine is not None else {}
         with self._lock:
-            return [b.copy() for b in self._blocks.values() if b.state is not BlockState.GONE]
+            out = [b.copy() for b in self._blocks.values() if b.state is not BlockState.GONE]
+        for b in out:
+            b.excluded = excluded.get(b.block_id, {})
+        return out
 
     # -- engine thread -----------------------------------------------------------------------
     def on_tick(self, now: float, engine: Engine) -> None:
@@ -111,6 +127,7 @@ class BlockManager:
             return
         with self._lock:
             self._check_liveness(now, engine)
+            self._retire_degraded(engine)
             self._scale_in(now, engine)
             self._scale_out(now, engine)
             poll = not self._poll_busy and now >= self._next_poll
@@ -137,11 +154,30 @@ class BlockManager:
         if not self._init_done:
             self._init_done = True
             count = max(count, min(self.cfg.init_blocks, self.cfg.max_blocks - pending - connected))
+        # A retiring block does not count against max_blocks: it only finishes its tasks.
+        count = max(count, min(self._owed, self.cfg.max_blocks - pending - connected))
+        self._owed = max(0, self._owed - count)
         for _ in range(count):
             self._request(now)
 
+    def _retire_degraded(self, engine: Engine) -> None:
+        """Retire the blocks of which fewer than half the nodes are usable."""
+        excluded = engine.excluded_nodes()
+        for b in self._blocks.values():
+            failed = len(excluded.get(b.block_id, ()))
+            if b.state is BlockState.CONNECTED and needs_replacement(len(b.nodes), failed):
+                log.warning("block %s (job %s): %d of %d nodes failed; replacing it once its "
+                            "tasks end", b.block_id, b.job_id, failed, len(b.nodes))  # fmt: skip
+                b.state = BlockState.RETIRING
+                self._owed += 1
+                engine.retire_block(b.block_id)
+
     def _scale_in(self, now: float, engine: Engine) -> None:
         idle = set(engine.scheduler.idle_blocks())
+        for b in self._blocks.values():
+            if b.state is BlockState.RETIRING and b.block_id in idle:
+                log.info("releasing retired block %s: its tasks have ended", b.block_id)
+                engine.lose_block(b.block_id, "released: replaced (too many nodes failed)")
         connected = [b for b in self._blocks.values() if b.state is BlockState.CONNECTED]
         for b in connected:
             if b.block_id not in idle:
@@ -164,7 +200,7 @@ class BlockManager:
 
     def _check_liveness(self, now: float, engine: Engine) -> None:
         for b in list(self._blocks.values()):
-            if b.state is BlockState.CONNECTED and now - b.last_seen > self.cfg.heartbeat_threshold:
+            if b.state.attached and now - b.last_seen > self.cfg.heartbeat_threshold:
                 self._lost(b, f"no heartbeat from its agent for {now - b.last_seen:.0f} s")
                 self._cancel_later(b)
             elif (
@@ -278,7 +314,7 @@ class BlockManager:
         if not view.terminal:
             return
         note = f": {view.message}" if view.message else ""
-        if b.state is BlockState.CONNECTED:
+        if b.state.attached:
             self._lost(b, f"job {b.job_id} ended ({view.state}{note})")
         elif b.state is BlockState.PENDING:
             where = view.stderr_path or b.directory
@@ -336,15 +372,29 @@ class BlockManager:
             b.last_seen = now
             if kind == "hello" and b.state in (BlockState.SUBMITTING, BlockState.PENDING):
                 handle = self._connect(b, msg, now)
+            elif kind == "nodes" and b.state.attached and engine is not None:
+                self._report_faults(engine, b, msg)
             elif kind == "bye":
                 reason = str(msg.get("reason", ""))
-                if b.state is BlockState.CONNECTED:
+                if b.state.attached:
                     self._lost(b, f"its agent exited: {reason}")
                     self._cancel_later(b)
         if kind == "hello":
             self.server.send(block_id, "welcome")
         if handle is not None and engine is not None:
             engine.add_block(handle)
+
+    @staticmethod
+    def _report_faults(engine: Engine, b: BlockRecord, msg: dict[str, Any]) -> None:
+        """Pass an agent's failed nodes to the engine (it ignores repeats and strangers)."""
+        try:
+            faults = [(str(f["node"]), str(f["state"]), str(f.get("reason") or "")) for f in
+                      msg["failed"]]  # fmt: skip
+        except (KeyError, TypeError) as exc:
+            log.error("block %s sent a bad node report: %s", b.block_id, exc)
+            return
+        for node, state, reason in faults:
+            engine.fail_node(b.block_id, node, f"{state}: {reason}" if reason else state)
 
     def _connect(self, b: BlockRecord, hello: dict[str, Any], now: float) -> RemoteBlock | None:
         try:

@@ -15,6 +15,10 @@ Scale in (:func:`blocks_to_release`): a block that has run no task for ``max_idl
 seconds is released while no task waits (a waiting task may be about to start on it) and
 more than ``min_blocks`` remain; a block idle within its last ``margin`` seconds is released at
 once (nothing can start on it any more, and it frees the slot for a fresh block).
+
+Replacement (:func:`needs_replacement`): a block of which fewer than half the nodes are usable
+(the others failed) is retired: nothing new starts on it, one block is requested in its place,
+and it is released once its running tasks end.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Mapping
 
 from mpiengine.scheduler import Demand
 
-__all__ = ["backoff_delay", "blocks_to_add", "blocks_to_release"]
+__all__ = ["backoff_delay", "blocks_to_add", "blocks_to_release", "needs_replacement"]
 
 
 def blocks_to_add(
@@ -88,6 +92,12 @@ def blocks_to_release(
         out.append(block_id)
         keep -= 1
     return out
+
+
+def needs_replacement(nodes: int, failed: int) -> bool:
+    """Whether a block of ``nodes`` nodes, ``failed`` of them failed, is to be replaced: fewer
+    than half its nodes are usable (one failed node of two leaves half: kept)."""
+    return 2 * (nodes - failed) < nodes
 
 
 def backoff_delay(failures: int, cap: float) -> float:
