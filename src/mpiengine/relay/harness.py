@@ -1,9 +1,10 @@
 """A throwaway relay on the real broker, for integration tests and benchmarks.
 
 ``RelayHarness`` makes a fresh vhost and principals (names unique to the harness), runs the
-relay and endpoint services as child processes under one folder, and on ``close`` ends every
-process it started (by pid, plus any task process left in its folder), then deletes its broker
-users and vhost. Every wait has a deadline.
+relay (one process or several, on a SQLite or a PostgreSQL store) and endpoint services as
+child processes under one folder, and on ``close`` ends every process it started (by pid, plus
+any task process left in its folder), then deletes its broker users and vhost. Every wait has
+a deadline.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class RelayHarness:
 
     Args:
         root: a folder for everything (relay store, endpoint homes, logs).
-        relay_options: relay config keys (limits, thresholds).
+        relay_options: relay config keys (limits, thresholds, ``store``: a PostgreSQL URL to
+            use instead of a SQLite file in ``root``).
         broker: the admin seam (default rabbitmqctl).
         admin: the broker admin user and password the relay connects as.
     """
@@ -170,7 +172,7 @@ class RelayHarness:
         }
         self.config_path.write_text(yaml.safe_dump(options))
         self.admin = RelayAdmin(
-            RelayStore(self.root / "relay.db"), broker or Rabbitmqctl(), self.vhost, admin[0]
+            RelayStore(options["store"]), broker or Rabbitmqctl(), self.vhost, admin[0]
         )
         self.env = {**os.environ, "MPIENGINE_HOME": str(self.home)}
         self.env.pop("MPIENGINE_BROKER_URL", None)
@@ -178,6 +180,7 @@ class RelayHarness:
         self.principals: list[Principal] = []
         self.endpoints: list[EndpointProcess] = []
         self.relay_proc: subprocess.Popen[bytes] | None = None
+        self.relays: list[subprocess.Popen[bytes]] = []
         self._children: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> RelayHarness:
@@ -203,15 +206,17 @@ class RelayHarness:
         self.principals.append(principal)
         return principal
 
-    def start_relay(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
-        """Start the relay process and wait until it serves."""
-        ready = self.root / "relay.ready"
+    def start_relay(self, timeout: float = 30.0, instance: str = "main") -> subprocess.Popen[bytes]:
+        """Start a relay process (instance) and wait until it serves; each instance of the
+        harness's config logs to ``relay-<instance>.log`` in ``root`` (``relay.log`` for
+        ``main``)."""
+        ready = self.root / f"relay-{instance}.ready"
         ready.unlink(missing_ok=True)
-        log_path = self.root / "relay.log"
+        log_path = self.root / ("relay.log" if instance == "main" else f"relay-{instance}.log")
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [*_CLI, "relay", "serve", "--config", str(self.config_path)]
-                + ["--ready-file", str(ready)],
+                + ["--instance", instance, "--ready-file", str(ready)],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -219,6 +224,7 @@ class RelayHarness:
             )
         self.track(proc)
         self.relay_proc = proc
+        self.relays.append(proc)
 
         def up() -> bool:
             if proc.poll() is not None:
@@ -228,9 +234,11 @@ class RelayHarness:
         wait_for(up, timeout, "relay ready")
         return proc
 
-    def kill_relay(self, sig: int = signal.SIGKILL) -> None:
-        """End the relay process."""
-        proc = self.relay_proc
+    def kill_relay(
+        self, sig: int = signal.SIGKILL, proc: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        """End a relay process (default: the last one started)."""
+        proc = proc or self.relay_proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(sig)
             proc.wait(30)
