@@ -1,23 +1,21 @@
 """``mpiengine relay ...`` and ``mpiengine endpoint ...``: thin click layers over
-``mpiengine.relay`` and ``mpiengine.service``. The main CLI mounts both groups;
-``python -m mpiengine.cli_remote`` runs them on their own.
+``mpiengine.relay`` (in ``cli_relay``) and ``mpiengine.service``. The main CLI mounts both
+groups; ``python -m mpiengine.cli_remote`` runs them on their own.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import click
 import yaml
 
+from mpiengine.cli_relay import relay
 from mpiengine_sdk.errors import MPIEngineError
 
 __all__ = ["endpoint", "relay"]
@@ -33,170 +31,6 @@ def _errors() -> Iterator[None]:
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
-
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-# -- relay ------------------------------------------------------------------------------------
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Relay config YAML (default: $MPIENGINE_RELAY_CONFIG or ~/.mpiengine/relay/relay.yaml).",
-)
-
-
-@click.group()
-def relay() -> None:
-    """Run and administer the relay (RabbitMQ + the relay service)."""
-
-
-@relay.command()
-@_config_option
-@click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
-def serve(config_path: Path | None, ready_file: Path | None) -> None:
-    """Serve in the foreground until SIGTERM/SIGINT."""
-    from mpiengine.relay import RelayService, load_relay_config
-
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # our own warnings say it
-    with _errors():
-        service = RelayService(load_relay_config(config_path))
-        signal.signal(signal.SIGTERM, lambda *_: service.stop())
-        signal.signal(signal.SIGINT, lambda *_: service.stop())
-
-        def ready() -> None:
-            click.echo("mpiengine relay: ready", err=True)
-            if ready_file is not None:
-                ready_file.write_text("ready\n")
-
-        service.serve(on_ready=ready)
-
-
-def _admin(config_path: Path | None) -> Any:
-    from mpiengine.relay import Rabbitmqctl, RelayAdmin, RelayStore, load_relay_config
-
-    config = load_relay_config(config_path)
-    url = urlsplit(config.broker_url)
-    vhost = unquote(url.path.lstrip("/")) or "/"
-    return RelayAdmin(RelayStore(config.store_url), Rabbitmqctl(), vhost, url.username or "guest")
-
-
-def _client_url(config_path: Path | None) -> str:
-    from mpiengine.relay import load_relay_config
-
-    url = urlsplit(load_relay_config(config_path).broker_url)
-    return f"{url.scheme}://{url.hostname}:{url.port or 5672}{url.path}"
-
-
-@relay.command()
-@_config_option
-def init(config_path: Path | None) -> None:
-    """Create the relay's vhost on the broker (run once, on the broker's host)."""
-    with _errors():
-        admin = _admin(config_path)
-        admin.init()
-    click.echo(f"vhost {admin.vhost} ready")
-
-
-@relay.command("add-user")
-@_config_option
-@click.argument("name")
-@click.option("--password-file", type=click.Path(path_type=Path), default=None)
-@click.option("--rate", type=float, default=None, help="Tasks per second (default: relay's).")
-@click.option("--burst", type=float, default=None, help="Burst size in tasks.")
-@click.option(
-    "--client-config",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write an SDK client config (TOML) with the credentials here instead of printing them.",
-)
-def add_user(
-    config_path: Path | None,
-    name: str,
-    password_file: Path | None,
-    rate: float | None,
-    burst: float | None,
-    client_config: Path | None,
-) -> None:
-    """Create principal NAME (a broker user limited to its own queues)."""
-    from mpiengine_sdk.client_config import write_client_config
-
-    password = password_file.read_text().strip() if password_file else None
-    with _errors():
-        secret = _admin(config_path).add_user(name, password, rate, burst)
-    if client_config is not None:
-        url = _client_url(config_path)
-        write_client_config(client_config, relay=url, user=name, password=secret)
-        click.echo(f"user {name} ready; credentials written to {client_config}")
-    elif password is None:
-        click.echo(f"user {name} ready; password: {secret}")
-    else:
-        click.echo(f"user {name} ready")
-
-
-@relay.command("delete-user")
-@_config_option
-@click.argument("name")
-def delete_user(config_path: Path | None, name: str) -> None:
-    """Remove principal NAME."""
-    with _errors():
-        _admin(config_path).delete_user(name)
-    click.echo(f"user {name} deleted")
-
-
-@relay.command("add-endpoint")
-@_config_option
-@click.argument("name")
-@click.option("--owner", required=True, help="The principal the endpoint runs as.")
-@click.option("--allow", "allowed", multiple=True, help="Another principal who may submit.")
-def add_endpoint(config_path: Path | None, name: str, owner: str, allowed: tuple[str, ...]) -> None:
-    """Create endpoint NAME of OWNER (or find it) and print its id."""
-    with _errors():
-        record = _admin(config_path).add_endpoint(name, owner, allowed)
-    click.echo(record.id)
-
-
-@relay.command()
-@_config_option
-@click.argument("endpoint_id")
-@click.argument("user")
-@click.option("--revoke", is_flag=True, help="Stop sharing instead.")
-def allow(config_path: Path | None, endpoint_id: str, user: str, revoke: bool) -> None:
-    """Let USER submit to ENDPOINT_ID (or, with --revoke, no longer)."""
-    with _errors():
-        record = _admin(config_path).allow(endpoint_id, user, not revoke)
-    click.echo(f"endpoint {record.id}: owner {record.owner}, shared with {list(record.allowed)}")
-
-
-@relay.command()
-@_config_option
-def users(config_path: Path | None) -> None:
-    """List principals."""
-    with _errors():
-        for user in _admin(config_path).store.users():
-            limit = f" rate={user.rate}/s burst={user.burst}" if user.rate else ""
-            click.echo(f"{user.name}{limit}")
-
-
-@relay.command()
-@_config_option
-def endpoints(config_path: Path | None) -> None:
-    """List endpoints with their owner, sharing and online state."""
-    import time
-
-    from mpiengine.relay import load_relay_config
-    from mpiengine.relay.access import endpoint_view
-
-    with _errors():
-        threshold = load_relay_config(config_path).heartbeat_threshold
-        for record in _admin(config_path).store.endpoints():
-            view = endpoint_view(record, threshold, time.time())
-            state = "online" if view["online"] else "offline"
-            shared = ",".join(record.allowed) or "-"
-            click.echo(f"{record.id}  {record.name}  owner={record.owner}  {state}  shared={shared}")
 
 
 # -- endpoint ---------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ from mpiengine_sdk.remote.protocol import EXCHANGE_DEAD, EXCHANGE_IN, check_prin
 
 __all__ = ["BrokerAdmin", "Rabbitmqctl", "RelayAdmin", "permissions"]
 
+#: The store's note of the broker user ``init`` created (``destroy`` removes only that one).
+_CREATED_ADMIN = "created_admin_user"
+
 
 class BrokerAdmin(Protocol):
     """Runs one broker admin command."""
@@ -94,11 +97,56 @@ class RelayAdmin:
     def _lines(self, args: Sequence[str]) -> list[str]:
         return [line.split("\t")[0] for line in self.broker.run(args).splitlines() if line]
 
-    def init(self) -> None:
-        """Create the vhost (if missing) and give the relay's admin user all of it."""
+    def init(self, admin_password: str | None = None) -> bool:
+        """Create the vhost (if missing) and give the relay's admin user all of it; create
+        that user first when the broker has none of that name (``destroy`` removes it then).
+
+        Returns:
+            True if the admin user was created.
+
+        Raises:
+            ConfigError: the admin user must be created but no password was given.
+            BackendError: a broker command failed.
+        """
+        created = False
+        if self.admin_user not in self._lines(["list_users"]):
+            if not admin_password:
+                raise ConfigError(
+                    "admin_password",
+                    f"the broker has no user {self.admin_user!r}: give its password to create it",
+                    "--admin-password-file or --admin-password-stdin",
+                )
+            self.broker.run(["add_user", self.admin_user], stdin=admin_password)
+            self.store.set_meta(_CREATED_ADMIN, self.admin_user)
+            created = True
         if self.vhost not in self._lines(["list_vhosts", "name"]):
             self.broker.run(["add_vhost", self.vhost])
         self.broker.run(["set_permissions", "-p", self.vhost, self.admin_user, ".*", ".*", ".*"])
+        return created
+
+    def destroy(self) -> list[str]:
+        """Remove what ``init`` and ``add-user`` made: every principal's broker user, the admin
+        user if ``init`` created it, the vhost (its queues and messages), and the store.
+
+        Returns:
+            The broker users removed.
+
+        Raises:
+            BackendError: a broker command failed (what was removed stays removed; run it
+                again).
+        """
+        existing = set(self._lines(["list_users"]))
+        removed = []
+        names = [u.name for u in self.store.users()]
+        if self.store.get_meta(_CREATED_ADMIN) == self.admin_user:
+            names.append(self.admin_user)
+        for name in names:
+            if name in existing:
+                self.broker.run(["delete_user", name])
+                removed.append(name)
+        self.delete_vhost()
+        self.store.destroy()
+        return removed
 
     def delete_vhost(self) -> None:
         """Delete the vhost and everything in it (queues, messages, permissions)."""

@@ -19,7 +19,13 @@ from mpiengine.relay.database import store_url
 from mpiengine_sdk.client_config import mpiengine_home
 from mpiengine_sdk.errors import ConfigError
 
-__all__ = ["RelayConfig", "load_relay_config", "relay_config_path"]
+__all__ = [
+    "RelayConfig",
+    "load_relay_config",
+    "merged_relay_config",
+    "relay_config_path",
+    "write_relay_config",
+]
 
 _MiB = 1024 * 1024
 
@@ -97,6 +103,16 @@ def _check(doc: dict[str, Any]) -> None:
                 raise ConfigError(key, f"must be an integer, got {doc[key]!r}")
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), f"cannot read the relay config: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(str(path), "the relay config must be a mapping", _allowed())
+    return dict(loaded or {})
+
+
 def load_relay_config(path: str | Path | None = None, **overrides: Any) -> RelayConfig:
     """Read the relay config, apply ``MPIENGINE_BROKER_URL`` and then ``overrides``.
 
@@ -104,15 +120,7 @@ def load_relay_config(path: str | Path | None = None, **overrides: Any) -> Relay
         ConfigError: unreadable file, unknown key, or a value of the wrong type.
     """
     target = Path(path) if path is not None else relay_config_path()
-    doc: dict[str, Any] = {}
-    if path is not None or target.exists():
-        try:
-            loaded = yaml.safe_load(target.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(str(target), f"cannot read the relay config: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(str(target), "the relay config must be a mapping", _allowed())
-        doc = dict(loaded or {})
+    doc = _read(target) if path is not None or target.exists() else {}
     if os.environ.get("MPIENGINE_BROKER_URL"):
         doc["broker_url"] = os.environ["MPIENGINE_BROKER_URL"]
     doc.update({k: v for k, v in overrides.items() if v is not None})
@@ -121,3 +129,41 @@ def load_relay_config(path: str | Path | None = None, **overrides: Any) -> Relay
         raise ConfigError("", f"unknown relay config key(s) {unknown}", _allowed())
     _check(doc)
     return RelayConfig(**doc)
+
+
+def _merged(path: Path, values: dict[str, Any]) -> dict[str, Any]:
+    doc = _read(path) if path.exists() else {}
+    doc.update(values)
+    unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(RelayConfig)})
+    if unknown:
+        raise ConfigError("", f"unknown relay config key(s) {unknown}", _allowed())
+    _check(doc)
+    return doc
+
+
+def merged_relay_config(path: Path, **values: Any) -> RelayConfig:
+    """The config the file would hold with these keys set (nothing is written).
+
+    Raises:
+        ConfigError: an unknown key or a bad value.
+    """
+    return RelayConfig(**_merged(path, values))
+
+
+def write_relay_config(path: Path, **values: Any) -> RelayConfig:
+    """Set keys in the relay config file (created if missing; other keys are kept), readable
+    by its owner only (it holds the broker password).
+
+    Returns:
+        The config as ``load_relay_config`` reads it back.
+
+    Raises:
+        ConfigError: an unknown key or a bad value (the file is not written then).
+    """
+    doc = _merged(path, values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        yaml.safe_dump(doc, out, sort_keys=False)
+    os.chmod(path, 0o600)
+    return load_relay_config(path)

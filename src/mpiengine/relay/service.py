@@ -94,6 +94,7 @@ class RelayService:
             finally:
                 channel.close()
         self.store.close()
+        log.info("relay: stopped")
 
     def setup(self, channel: Channel) -> None:
         """Declare the topology and every known endpoint's queues; start consuming."""

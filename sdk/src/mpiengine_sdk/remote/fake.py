@@ -241,6 +241,18 @@ class FakeChannel:
             if (queue, routing_key) not in bindings:
                 bindings.append((queue, routing_key))
 
+    def queue_counts(self, name: str) -> tuple[int, int] | None:
+        """See Channel.queue_counts."""
+        with self.broker.lock:
+            self._check()
+            queue = self.broker.queues.get(name)
+            if queue is None:
+                return None
+            consumers = sum(
+                1 for ch in self.broker.channels for c in ch._consumers.values() if c.queue == name
+            )
+            return len(queue.ready), consumers
+
     def _next(self) -> tuple[_Consumer, Delivery] | Callable[[], None] | None:
         if self._calls:
             return self._calls.popleft()

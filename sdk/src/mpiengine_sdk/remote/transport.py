@@ -116,6 +116,9 @@ class Channel(Protocol):
     def bind(self, queue: str, exchange: str, routing_key: str) -> None:
         """Bind a queue to an exchange."""
 
+    def queue_counts(self, name: str) -> tuple[int, int] | None:
+        """``(messages ready, consumers)`` of a queue; None when there is no such queue."""
+
     def process(self, timeout: float) -> None:
         """Dispatch deliveries and threadsafe callbacks for up to ``timeout`` seconds."""
 
@@ -355,6 +358,22 @@ class _PikaChannel:
         """See Channel.bind."""
         with _mapped(f"bind {queue!r}"):
             self._ch.queue_bind(queue, exchange, routing_key=routing_key)
+
+    def queue_counts(self, name: str) -> tuple[int, int] | None:
+        """See Channel.queue_counts (a passive declare on a channel of its own: the broker
+        closes the channel that asks for a queue that does not exist)."""
+        import pika.exceptions as pex
+
+        with _mapped(f"inspect queue {name!r}"):
+            channel = self._conn.channel()
+            try:
+                ok = channel.queue_declare(name, passive=True)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return None
+                raise
+            channel.close()
+            return int(ok.method.message_count), int(ok.method.consumer_count)
 
     def process(self, timeout: float) -> None:
         """See Channel.process."""
