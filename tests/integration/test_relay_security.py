@@ -289,10 +289,14 @@ def test_admin_cli(harness: RelayHarness, endpoint: EndpointProcess) -> None:
     assert out.exit_code == 0, out.output
     assert "password: " in out.output
     try:
+        listed = runner.invoke(relay_cli, ["endpoints", *config])
+        assert "  online  shared=-\n" in listed.output  # nobody else yet
         shared = runner.invoke(relay_cli, ["allow", endpoint.endpoint_id, name, *config])
         assert shared.exit_code == 0 and name in shared.output
         listed = runner.invoke(relay_cli, ["endpoints", *config])
-        assert endpoint.endpoint_id in listed.output and "online" in listed.output
+        assert (
+            endpoint.endpoint_id in listed.output and f"  online  shared={name}\n" in listed.output
+        )
         bad = runner.invoke(relay_cli, ["add-user", "Not Valid", *config])
         assert bad.exit_code != 0 and "not a valid user name" in bad.output
     finally:

@@ -3,14 +3,19 @@ the relay store, the rate limiter, delivery bookkeeping, the endpoint's local st
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from mpiengine.relay.admin import RelayAdmin, permissions
-from mpiengine.relay.config import load_relay_config
+from mpiengine.relay.config import RelayConfig, load_relay_config
 from mpiengine.relay.ratelimit import RateLimiter
+from mpiengine.relay.service import RelayService
 from mpiengine.relay.store import EXPIRED, RelayStore
 from mpiengine.relay.submit import _stamped
 from mpiengine.service.config import EndpointPaths, ServiceConfig, check_name, load_service_config
@@ -18,6 +23,7 @@ from mpiengine.service.deliveries import Deliveries
 from mpiengine.service.store import LocalStore
 from mpiengine_sdk import (
     AuthorizationError,
+    BackendError,
     ConfigError,
     PayloadTooLarge,
     RateLimited,
@@ -36,6 +42,7 @@ from mpiengine_sdk.remote.protocol import (
     session_queue,
     task_queue,
 )
+from mpiengine_sdk.remote.transport import PikaTransport
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.wire import decode_task, encode_task, replace
 
@@ -335,3 +342,30 @@ def test_forwarded_task_lines_carry_the_sender_and_nothing_else() -> None:
     assert decode_task(_stamped(decode_task(hidden), hidden, "bob")).user == "bob"
     spaced = line + b" "  # not the SDK's encoding: encoded again
     assert decode_task(_stamped(decode_task(spaced), spaced, "bob")) == replace(task, user="bob")
+
+
+def test_an_unreachable_broker_is_logged_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"amqp://guest:guest@127.0.0.1:{port}/x"
+    with pytest.raises(BackendError) as info:
+        PikaTransport(url).connect()
+    assert str(info.value) == (
+        f"cannot reach the broker at 127.0.0.1:{port}/x: "
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    )
+    relay = RelayService(RelayConfig(broker_url=url, store=str(tmp_path / "relay.db")))
+    thread = threading.Thread(target=relay.serve)
+    with caplog.at_level(logging.WARNING, logger="mpiengine.relay.service"):
+        thread.start()
+        deadline = time.monotonic() + 10
+        while "broker unreachable" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        relay.stop()
+        thread.join(10)
+    assert f"127.0.0.1:{port}/x: ConnectionRefusedError: [Errno 111] Connection refused)" in (
+        caplog.text
+    )
