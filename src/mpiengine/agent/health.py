@@ -204,11 +204,13 @@ class HealthThread:
         if self._watcher.enabled:
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stop and wait for the thread (a check under way finishes first)."""
+    def stop(self, wait: float = 1.0) -> None:
+        """Stop; wait up to ``wait`` seconds for a check under way (a stuck squeue must not
+        hold up an agent that is killing its tasks: the thread is a daemon, and what it
+        reports once the agent's mailbox is closed is dropped)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=2 * _TIMEOUT + self._interval)
+            self._thread.join(timeout=wait)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
