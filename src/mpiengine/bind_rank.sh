@@ -2,9 +2,13 @@
 # only its placed GPUs, then execs the rank's command. POSIX sh (dash), no bash-isms: it runs
 # once per rank, so it must start in about a millisecond.
 #
-#   sh bind_rank.sh RPN CPUS GPUS GPUVAR TILES -- COMMAND [ARG...]
+#   sh bind_rank.sh RANKVAR LOCALVAR RPN CPUS GPUS GPUVAR TILES -- COMMAND [ARG...]
 #
-# RPN     ranks per node (a rank's node index is its global rank / RPN, its local rank the rest)
+# RANKVAR the variable holding this rank's global rank, as the launcher that started it sets it
+#         (SLURM_PROCID, PMI_RANK, PALS_RANKID, OMPI_COMM_WORLD_RANK, ALPS_APP_PE); "-": rank 0
+# LOCALVAR the variable holding its rank on its node (SLURM_LOCALID, MPI_LOCALRANKID, ...);
+#         "-": global rank modulo RPN (block distribution)
+# RPN     ranks per node (a rank's node index is its global rank / RPN)
 # CPUS    the cores of each local rank, ranks separated by ':', nodes by ';' (one node group
 #         stands for every node): "0,1:2,3" or "0:1;4:5"; "-" to leave CPU binding alone
 # GPUS    the same for GPU ids ("0:1:2:3"); "-" to leave the GPU variable alone
@@ -12,37 +16,32 @@
 # TILES   tiles per GPU: GPU slot S is shown as "S/TILES.S%TILES" (ZE_AFFINITY_MASK tile
 #         syntax) when TILES > 1
 #
-# The rank is read from whichever launcher started it: Slurm (SLURM_LOCALID, SLURM_PROCID),
-# MPICH hydra (MPI_LOCALRANKID, PMI_RANK), Cray PALS (PALS_LOCAL_RANKID, PALS_RANKID), Open MPI
-# (OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_RANK), ALPS (ALPS_APP_PE), PMIx (PMIX_RANK).
+# Only the named variables are read: under mpiexec inside a Slurm job every rank also inherits
+# SLURM_PROCID=0 from hydra's proxy step, which is no rank of the task.
 #
 # CPU pinning uses taskset on this shell, so the command inherits it through exec. Where the
 # site forbids it (a cpuset cgroup that holds other cores), the launcher's own binding is kept
 # and one line on stderr says so: the task still runs, never on a core it was not given.
 
-if [ "$#" -lt 6 ] || [ "$6" != "--" ]; then
-    echo "bind_rank.sh: usage: RPN CPUS GPUS GPUVAR TILES -- COMMAND [ARG...]" >&2
+if [ "$#" -lt 8 ] || [ "$8" != "--" ]; then
+    echo "bind_rank.sh: usage: RANKVAR LOCALVAR RPN CPUS GPUS GPUVAR TILES -- COMMAND [ARG...]" >&2
     exit 127
 fi
-rpn=$1 cpus=$2 gpus=$3 gpuvar=$4 tiles=$5
-shift 6
+rankvar=$1 localvar=$2 rpn=$3 cpus=$4 gpus=$5 gpuvar=$6 tiles=$7
+shift 8
 
-# The first variable that is set, among the names given; empty if none.
-first_set() {
-    for _name in "$@"; do
-        eval "_value=\${$_name-}"
-        if [ -n "$_value" ]; then
-            printf '%s' "$_value"
-            return 0
-        fi
-    done
-    return 1
+# The value of the variable named $1 ("-": none) into $value; false when unset or empty.
+value_of() {
+    value=
+    case $1 in -) return 1 ;; esac
+    eval "value=\${$1-}"
+    [ -n "$value" ]
 }
 
-grank=$(first_set SLURM_PROCID PMI_RANK PALS_RANKID OMPI_COMM_WORLD_RANK ALPS_APP_PE PMIX_RANK) ||
-    grank=0
-lrank=$(first_set SLURM_LOCALID MPI_LOCALRANKID PALS_LOCAL_RANKID OMPI_COMM_WORLD_LOCAL_RANK) ||
-    lrank=$((grank % rpn))
+grank=0
+if value_of "$rankvar"; then grank=$value; fi
+lrank=$((grank % rpn))
+if value_of "$localvar"; then lrank=$value; fi
 node=$((grank / rpn))
 
 # Field INDEX (0-based, wrapping around) of LIST split on SEP, into $field.

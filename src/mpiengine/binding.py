@@ -117,6 +117,7 @@ def rank_lists(per_node: tuple[tuple[int, ...], ...], per_rank: int, ranks_per_n
 def wrapper_argv(
     placement: Placement,
     *,
+    rank_env: tuple[str, str | None] | None,
     pin_cpus: bool,
     gpu_variable: str | None,
     gpu_tiles: int = 1,
@@ -125,6 +126,8 @@ def wrapper_argv(
 
     Args:
         placement: the task's nodes, ranks per node, and per-node cores and GPUs.
+        rank_env: the launcher's variables for a rank's global and node-local rank (None: one
+            process, rank 0).
         pin_cpus: pin each rank to its cores (needs the placement's core lists).
         gpu_variable: set this variable to each rank's GPUs (needs gpus_per_rank > 0 and the
             placement's GPU lists); None to leave GPUs alone.
@@ -144,4 +147,16 @@ def wrapper_argv(
     if cpus == "-" and gpus == "-":
         return ()
     variable = gpu_variable if gpus != "-" else "-"
-    return ("/bin/sh", WRAPPER, str(rpn), cpus, gpus, variable or "-", str(gpu_tiles), "--")
+    rank, local = rank_env if rank_env is not None else ("-", None)
+    return (
+        "/bin/sh",
+        WRAPPER,
+        rank,
+        local or "-",
+        str(rpn),
+        cpus,
+        gpus,
+        variable or "-",
+        str(gpu_tiles),
+        "--",
+    )

@@ -245,6 +245,8 @@ class LauncherSpec:
             (its args, when the core list is the same on every node), ``"wrapper"`` (the
             per-rank wrapper, see ``mpiengine.binding``) or ``"none"``.
         gpu_binding: who gives each rank its GPUs: ``"launcher"`` or ``"wrapper"``.
+        rank_env: the variables holding a rank's global and node-local rank, ``(rank,
+            local_rank)`` (local_rank may be None), or None for a one-process launcher.
         nested_launch_args: extra args for a shell task's one-rank launch, so that launches it
             starts itself may use its nodes (srun: ``--overlap``).
     """
@@ -258,6 +260,7 @@ class LauncherSpec:
     hostfile_format: str | None
     cpu_binding: str
     gpu_binding: str
+    rank_env: tuple[str, str | None] | None
     nested_launch_args: tuple[str, ...]
     _args: tuple[_Text | _Group, ...] = field(repr=False)
     _env: tuple[tuple[str, _Text, tuple[_Cond, ...]], ...] = field(repr=False)
@@ -467,6 +470,11 @@ def _load_file(path: Path) -> LauncherSpec:
         hostfile_format=doc["hostfile"]["format"] if "hostfile" in doc else None,
         cpu_binding=doc["cpu_binding"],
         gpu_binding=doc["gpu_binding"],
+        rank_env=(
+            None
+            if doc["rank_env"] is None
+            else (doc["rank_env"]["rank"], doc["rank_env"].get("local_rank"))
+        ),
         nested_launch_args=tuple(doc.get("nested_launch_args", ())),
         _args=compiler.args(doc["args"], "args", frozenset()),
         _env=compiler.env(doc.get("env", {})),

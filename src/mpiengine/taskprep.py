@@ -36,8 +36,21 @@ from mpiengine_sdk.wire import TaskKind, TaskMessage
 
 __all__ = ["build_launch", "clean_base_env", "task_request"]
 
-#: Variables a task inherits from nowhere but its own placement.
-_OWN_PREFIXES = ("MPIENGINE_", "PARSL_", "SLURM_STEP_", "PMI_", "PMIX_RANK", "OMPI_COMM_WORLD")
+#: Variables a task inherits from nowhere but its own placement. The GPU vendors' variables
+#: are among them: inside a batch job they name the whole job's GPUs, never one task's.
+_OWN_PREFIXES = (
+    "MPIENGINE_",
+    "PARSL_",
+    "SLURM_STEP_",
+    "PMI_",
+    "PMIX_RANK",
+    "OMPI_COMM_WORLD",
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ZE_AFFINITY_MASK",
+    "GPU_DEVICE_ORDINAL",
+)
 
 _PYRUNNER = ("-m", "mpiengine.runner.pyrunner")
 
@@ -138,7 +151,13 @@ def _rank_wrapper(
         )
     )
     gpu_var = binding.gpu_variable if gpus_by_wrapper else None
-    return wrapper_argv(placement, pin_cpus=pin, gpu_variable=gpu_var, gpu_tiles=binding.gpu_tiles)
+    return wrapper_argv(
+        placement,
+        rank_env=launcher.rank_env,
+        pin_cpus=pin,
+        gpu_variable=gpu_var,
+        gpu_tiles=binding.gpu_tiles,
+    )
 
 
 def _lead_only(placement: Placement, task: TaskMessage) -> Placement:
@@ -211,12 +230,15 @@ def build_launch(
             env[gpu_var] = gpu_mask(lead_gpus, binding.gpu_tiles)
     else:
         nested = mpi_launcher.nested_launch_args if task.kind is TaskKind.SHELL else ()
-        # An --overlap step reserves nothing, so it must not ask for GPUs: the wrapper names them.
+        # An --overlap step reserves nothing, so it must not ask for GPUs (the wrapper names
+        # them), and it is never exclusive (srun refuses both; it still asks for every CPU).
         ask_gpus = mpi_launcher.gpu_binding == "launcher" and not nested
         one = _lead_only(placement, task)
-        asked = (
-            one if ask_gpus or not one.gpus_per_rank else dataclasses.replace(one, gpus_per_rank=0)
-        )
+        asked = one
+        if nested:
+            asked = dataclasses.replace(one, exclusive=False, gpus_per_rank=0)
+        elif not ask_gpus:
+            asked = dataclasses.replace(one, gpus_per_rank=0)
         launch, _ = _render(mpi_launcher, asked, cores_per_node, options, hostfile)
         wrapper = _rank_wrapper(mpi_launcher, one, binding, gpus_by_wrapper=not ask_gpus)
         head = launch.argv[:1]

@@ -1,6 +1,6 @@
 """Blocks from the real Slurm cluster (ci/slurm-docker): the whole path, SDK to srun steps.
 
-One endpoint per module holds one 4-node block (nodes node1..node4, 4 CPUs each) obtained
+One endpoint per module holds one 4-node block (nodes node1..node4, 2 CPUs each) obtained
 through Parsl's SlurmProvider; its agent runs in the batch job and starts every task as an srun
 step. Under CI=true a missing cluster fails these tests (``require``).
 """
@@ -90,7 +90,7 @@ def config(**extra: object) -> dict[str, object]:
         "provider": "slurm",
         "partition": "debug",
         "nodes_per_block": 4,
-        "cores_per_node": 4,
+        "cores_per_node": 2,
         "max_blocks": 1,
         "walltime": "00:10:00",
         "poll_interval": 1,

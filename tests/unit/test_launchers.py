@@ -288,7 +288,7 @@ def test_a_hostfile_needs_an_absolute_path(path):
 def _write(tmp_path: Path, name: str, body: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     head = f"name: {name}\ndescription: test launcher\nexecutable: run\nmpi_tasks: true\n"
-    head += "cpu_binding: launcher\ngpu_binding: wrapper\n"
+    head += "cpu_binding: launcher\ngpu_binding: wrapper\nrank_env: {rank: PMI_RANK}\n"
     path.write_text(head + body + "\n")
     return path
 
