@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +42,8 @@ _ALLOWED = "sqlite:///PATH, a file path, or postgresql://user@host:port/database
 _POSTGRES = ("postgresql", "postgres")
 #: Transactions PostgreSQL aborted for a deadlock or a serialization failure are run again.
 _RETRIES = 8
+#: Host parameters per ``IN (...)`` list, well under SQLite's limit.
+_SQLITE_CHUNK = 500
 
 
 class Tx(Protocol):
@@ -52,6 +54,10 @@ class Tx(Protocol):
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run one statement per parameter row; returns the rows changed in all."""
+
+    def task_ids(self, ids: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
+        """``(condition, parameters)`` selecting these task ids, in as few statements as the
+        dialect allows (none for no ids)."""
 
 
 class Database(Protocol):
@@ -149,6 +155,11 @@ class _SqliteTx:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return self._db.executemany(sql, rows).rowcount
 
+    def task_ids(self, ids: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
+        for i in range(0, len(ids), _SQLITE_CHUNK):
+            chunk = list(ids[i : i + _SQLITE_CHUNK])
+            yield f"task_id IN ({','.join('?' * len(chunk))})", chunk
+
 
 class SqliteDatabase:
     """A SQLite file in WAL mode (several processes on one host may share it)."""
@@ -220,6 +231,10 @@ class _PgTx:
             return 0
         self._cur.executemany(self._sql(sql), rows)
         return max(int(self._cur.rowcount), 0)
+
+    def task_ids(self, ids: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
+        if ids:  # one array parameter: one statement to parse and plan, however many ids
+            yield "task_id = ANY(?)", [list(ids)]
 
 
 class PostgresDatabase:

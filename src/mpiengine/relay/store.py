@@ -20,7 +20,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ PENDING = TaskState.PENDING.value
 _FINAL = {s.value for s in TERMINAL_STATES} | {EXPIRED}
 _FINAL_ARGS = tuple(sorted(_FINAL))  # the parameters of "state NOT IN (...)", once
 _NOT_FINAL = f"state NOT IN ({','.join('?' * len(_FINAL_ARGS))})"
-_CHUNK = 500  # host parameters per IN (...) query, well under SQLite's limit
+
 _TASK_COLUMNS = 'task_id, "user", endpoint_id, kind, state, session, fetched, result'
 #: A client's numbered session queue (``...-<8 digits>``, see the SDK's client).
 _NUMBERED = re.compile(r".+-\d{8}")
@@ -100,9 +100,17 @@ class TaskRow:
     result: bytes | None
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _for_ids(
+    tx: Tx, sql: str, ids: Iterable[str], before: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` once per chunk of ``ids`` (sorted: one lock order), its ``{ids}`` the
+    chunk's condition on ``task_id`` (``Tx.task_ids``), after the parameters ``before``; returns
+    every chunk's rows. One statement per chunk, not per id: a PostgreSQL server pays per
+    statement."""
+    found: list[tuple[Any, ...]] = []
+    for condition, params in tx.task_ids(sorted(set(ids))):
+        found += tx.execute(sql.format(ids=condition), (*before, *params))
+    return found
 
 
 def _row(v: Sequence[Any]) -> TaskRow:
@@ -254,15 +262,9 @@ class RelayStore:
 
     # -- tasks -----------------------------------------------------------------------------
     def _read(self, tx: Tx, task_ids: Iterable[str], lock: str = "") -> dict[str, TaskRow]:
-        found: dict[str, TaskRow] = {}
         # Sorted, chunk after chunk: every locking transaction takes row locks in one order.
-        for chunk in _chunks(sorted(set(task_ids))):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id IN ({marks}){lock}"
-            for values in tx.execute(sql, chunk):
-                row = _row(values)
-                found[row.task_id] = row
-        return found
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {{ids}}{lock}"
+        return {row.task_id: row for row in map(_row, _for_ids(tx, sql, task_ids))}
 
     def rows(self, task_ids: Sequence[str]) -> dict[str, TaskRow]:
         """The rows of these tasks that exist."""
@@ -285,10 +287,12 @@ class RelayStore:
 
     def mark_queued(self, task_ids: Iterable[str]) -> None:
         """The broker confirmed these tasks on their endpoint queue."""
-        rows = [(TaskState.QUEUED.value, tid, PENDING) for tid in sorted(task_ids)]
         self._db.transaction(
-            lambda tx: tx.executemany(
-                "UPDATE tasks SET state = ? WHERE task_id = ? AND state = ?", rows
+            lambda tx: _for_ids(
+                tx,
+                "UPDATE tasks SET state = ? WHERE state = ? AND {ids}",
+                task_ids,
+                (TaskState.QUEUED.value, PENDING),
             )
         )
 
@@ -334,11 +338,13 @@ class RelayStore:
 
         def run(tx: Tx) -> dict[str, TaskRow]:
             rows = self._read(tx, task_ids, self._db.lock_rows)
-            tx.executemany(
-                'UPDATE tasks SET session = ? WHERE task_id = ? AND "user" = ? AND NOT '
-                "(session IS NOT NULL AND length(session) = ? AND substr(session, 1, ?) = ? "
-                "AND session > ?)",
-                [(session, t, user, *later) for t in sorted(rows) if rows[t].user == user],
+            _for_ids(
+                tx,
+                'UPDATE tasks SET session = ? WHERE "user" = ? AND NOT (session IS NOT NULL '
+                "AND length(session) = ? AND substr(session, 1, ?) = ? AND session > ?) "
+                "AND {ids}",
+                [t for t, row in rows.items() if row.user == user],
+                (session, user, *later),
             )
             return self._read(tx, rows)
 
@@ -352,10 +358,12 @@ class RelayStore:
         """The client has these results: start their retention clock."""
         now = time.time()
         self._db.transaction(
-            lambda tx: tx.executemany(
-                'UPDATE tasks SET fetched = ? WHERE task_id = ? AND "user" = ? '
-                "AND fetched IS NULL AND completed IS NOT NULL",
-                [(now, tid, user) for tid in sorted(task_ids)],
+            lambda tx: _for_ids(
+                tx,
+                'UPDATE tasks SET fetched = ? WHERE "user" = ? AND fetched IS NULL '
+                "AND completed IS NOT NULL AND {ids}",
+                task_ids,
+                (now, user),
             )
         )
 
@@ -372,7 +380,7 @@ class RelayStore:
             ]
         rows = self._db.query(
             'SELECT task_id, kind, state FROM tasks WHERE "user" = ? AND endpoint_id = ? '
-            "AND fetched IS NULL AND state != ? ORDER BY submitted",
+            "AND fetched IS NULL AND state != ? ORDER BY submitted, task_id",
             (user, endpoint_id, EXPIRED),
         )
         return [(r[0], r[1], r[2]) for r in rows]
