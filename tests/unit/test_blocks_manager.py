@@ -238,7 +238,8 @@ def test_shutdown_cancels_every_job(make, batch) -> None:
 def test_no_task_starts_that_would_outlive_its_block(make, batch) -> None:
     # A 60 s block keeps its last 10 s free: a 55 s task must wait for another block, while a
     # 30 s one starts at once.
-    ep, ex = make(provider="slurm", walltime="00:01:00", walltime_margin=10)
+    # The fake batch jobs have no Slurm: tasks start without a launcher, as on one host.
+    ep, ex = make(provider="slurm", launcher="local", walltime="00:01:00", walltime_margin=10)
     short = ex.submit(ShellFunction("sleep 30"), resource_spec={"walltime": 30})
     wait_for(short.running)
     [block] = ep.blocks()
