@@ -194,6 +194,34 @@ def test_at_eof_it_kills_registered_trees_and_leaves_reported_ones() -> None:
             p.wait(10)
 
 
+def test_sigterm_does_not_end_it_before_its_job() -> None:
+    task = _sleeper()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", WATCHDOG, "0.5", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        term = 1 << (signal.SIGTERM - 1)
+        wait_until(lambda: _ignored(proc.pid) & term != 0, 60, "the watchdog ignores SIGTERM")
+        proc.send_signal(signal.SIGTERM)  # as a tree kill that reached it with its owner
+        _, err = proc.communicate(f"p t {task.pid}\n".encode(), timeout=60)
+        assert proc.returncode == 0 and b"killed 1 process(es)" in err
+        assert task.wait(10) == -signal.SIGTERM
+    finally:
+        for p in (task, proc):
+            p.kill()
+            p.wait(10)
+
+
+def _ignored(pid: int) -> int:
+    """The process's mask of ignored signals (SigIgn in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
 def test_nothing_registered_means_a_quiet_exit() -> None:
     assert _feed([]) == (0, b"")
 

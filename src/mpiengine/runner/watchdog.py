@@ -37,6 +37,7 @@ import fcntl
 import logging
 import os
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -332,6 +333,10 @@ def main(argv: list[str]) -> int:
     except (IndexError, ValueError):
         print("usage: python -m mpiengine.runner.watchdog GRACE OWNER_PID", file=sys.stderr)
         return 2
+    # It ends by EOF (or SIGKILL) only: a tree kill that reaches it with its owner (an Executor
+    # inside a task) must not end it before it has killed that owner's own tasks.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     tasks = _read_registry(sys.stdin.buffer)
     if not tasks:
         return 0  # a normal shutdown: every task was reported
