@@ -81,8 +81,11 @@ class Database(Protocol):
             BackendError: the database cannot be reached (the next call reconnects).
         """
 
-    def transaction(self, fn: Callable[[Tx], T], *, lock: bool = False) -> T:
+    def transaction(self, fn: Callable[[Tx], T], *, lock: bool = False, durable: bool = True) -> T:
         """Run ``fn`` in one transaction and commit; roll back if it raises.
+
+        ``durable=False``: the commit need not wait for the disk (PostgreSQL); for changes whose
+        loss in a server crash harms nothing (a state flag that only says how far a task got).
 
         Raises:
             BackendError: the database cannot be reached (the next call reconnects).
@@ -189,9 +192,10 @@ class SqliteDatabase:
         """See Database.read (each statement on its own)."""
         return fn(_SqliteTx(self._db))
 
-    def transaction(self, fn: Callable[[Tx], T], *, lock: bool = False) -> T:
+    def transaction(self, fn: Callable[[Tx], T], *, lock: bool = False, durable: bool = True) -> T:
         """See Database.transaction (always IMMEDIATE: a deferred transaction that reads and
-        then writes can fail at once with 'database is locked' beside another writer)."""
+        then writes can fail at once with 'database is locked' beside another writer; never
+        waits for the disk: synchronous=NORMAL)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             value = fn(_SqliteTx(self._db))
@@ -285,26 +289,38 @@ class PostgresDatabase:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """See Database.query."""
-        return self.transaction(lambda tx: tx.execute(sql, params))
+        return self.read(lambda tx: tx.execute(sql, params))
 
     def read(self, fn: Callable[[Tx], T]) -> T:
-        """See Database.read."""
-        return self.transaction(fn)
+        """See Database.read: each statement on its own (autocommit), one round trip each
+        instead of three (BEGIN, the statement, COMMIT)."""
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                return fn(_PgTx(cur, self._sql))
+        except self._psycopg.OperationalError as exc:
+            self._lost(conn)
+            raise BackendError(f"the relay store {self.url} failed: {exc}") from exc
 
-    def transaction(self, fn: Callable[[Tx], T], *, lock: bool = False) -> T:
+    def _lost(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.close()  # the next call reconnects
+
+    def transaction(self, fn: Callable[[Tx], T], *, lock: bool = False, durable: bool = True) -> T:
         """See Database.transaction."""
         errors = self._psycopg.errors
         for attempt in range(_RETRIES):
             conn = self._connect()
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    if not durable:
+                        cur.execute("SET LOCAL synchronous_commit = off")
                     return fn(_PgTx(cur, self._sql))
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
             except self._psycopg.OperationalError as exc:
-                with contextlib.suppress(Exception):
-                    conn.close()  # the next call reconnects
+                self._lost(conn)
                 raise BackendError(f"the relay store {self.url} failed: {exc}") from exc
         raise AssertionError("unreachable")
 

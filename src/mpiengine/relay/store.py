@@ -257,7 +257,8 @@ class RelayStore:
             lambda tx: tx.execute(
                 "UPDATE endpoints SET last_seen = ?, status = ? WHERE id = ?",
                 (now, json.dumps(status), endpoint_id),
-            )
+            ),
+            durable=False,  # the next heartbeat says it again
         )
 
     # -- tasks -----------------------------------------------------------------------------
@@ -293,7 +294,8 @@ class RelayStore:
                 "UPDATE tasks SET state = ? WHERE state = ? AND {ids}",
                 task_ids,
                 (TaskState.QUEUED.value, PENDING),
-            )
+            ),
+            durable=False,  # lost, a task stays PENDING: a resubmit forwards it again, no more
         )
 
     def record(
@@ -364,7 +366,8 @@ class RelayStore:
                 "AND completed IS NOT NULL AND {ids}",
                 task_ids,
                 (now, user),
-            )
+            ),
+            durable=False,  # lost, a result is kept longer than its retention
         )
 
     def outstanding(
