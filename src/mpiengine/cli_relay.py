@@ -195,20 +195,21 @@ def _init_settings(path: Path, given: dict[str, Any], password: str | None) -> A
     if given["url"] and urlsplit(given["url"]).path.strip("/") and not given["vhost"]:
         given["vhost"] = unquote(urlsplit(given["url"]).path.strip("/"))
     values: dict[str, Any] = {}
-    for key, option, secret in (
-        ("url", "--broker-url", False),
-        ("vhost", "--vhost", False),
-        ("admin_user", "--admin-user", False),
-        ("admin_password", "--admin-password-file", True),
+    for key, option, label in (
+        ("url", "--broker-url", "broker URL"),
+        ("vhost", "--vhost", "vhost"),
+        ("admin_user", "--admin-user", "admin user"),
+        ("admin_password", "--admin-password-file or --admin-password-stdin", "admin password"),
     ):
+        secret = key == "admin_password"
         value = password if secret else given[key]
+        # The config's password only goes with the config's user.
         if value is None and known is not None:
-            value = getattr(known, key) or None
+            if not secret or values["admin_user"] == known.admin_user:
+                value = getattr(known, key) or None
         if value is None and _is_terminal():
             default = None if secret else getattr(BrokerSettings(), key)
-            value = click.prompt(
-                option.lstrip("-").replace("-", " "), default=default, hide_input=secret
-            )
+            value = click.prompt(label, default=default, hide_input=secret)
         if value is None:
             raise click.UsageError(f"{option} is needed (no terminal to ask on)")
         values[key] = value

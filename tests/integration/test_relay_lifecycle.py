@@ -65,6 +65,7 @@ def _vhosts(h: RelayHarness) -> list[str]:
     return h.admin.broker.run(["list_vhosts", "name"]).split()
 
 
+@pytest.mark.slow
 def test_init_serve_status_stop_destroy(harness: RelayHarness, tmp_path: Path) -> None:
     h = harness
     admin_user = f"t{h.tag}-relay"
@@ -158,6 +159,7 @@ def test_init_asks_on_a_terminal(harness: RelayHarness, monkeypatch: pytest.Monk
     answers = f"amqp://127.0.0.1:5672\n{h.vhost}\n{admin_user}\npw-2\n"
     out = CliRunner().invoke(relay_cli, ["init", "--config", str(h.config_path)], input=answers)
     assert out.exit_code == 0, out.output
-    assert "broker url [amqp://127.0.0.1:5672]: " in out.output and "pw-2" not in out.output
+    assert "broker URL [amqp://127.0.0.1:5672]: " in out.output and "pw-2" not in out.output
+    assert "admin user [mpiengine-relay]: " in out.output and "admin password: " in out.output
     assert load_relay_config(h.config_path).broker_url.startswith(f"amqp://{admin_user}:pw-2@")
     assert h.vhost in _vhosts(h)

@@ -137,6 +137,16 @@ def test_two_stores_on_one_database_never_lose_a_route(url: str) -> None:
     assert not lost, f"{len(lost)} result(s) routed to the old session and not claimed"
 
 
+def test_destroy_removes_everything(url: str) -> None:
+    store = RelayStore(url)
+    store.add_user("carol")
+    store.admit("carol", "e1", OLD, [("t1", "shell")])
+    store.destroy()
+    again = RelayStore(url)  # a new, empty store
+    assert again.users() == [] and again.rows(["t1"]) == {} and again.task_counts() == {}
+    again.close()
+
+
 def test_store_urls_and_refusals(tmp_path: Path) -> None:
     default = tmp_path / "d.db"
     assert store_url("", default) == f"sqlite:///{default}"

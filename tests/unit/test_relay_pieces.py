@@ -136,8 +136,8 @@ def test_task_life_in_the_store(store: RelayStore) -> None:
         ("t2", "python", "failed"),
     ]
     assert store.outstanding("bob", "e1") == []
-    store.reroute("alice", ["t1"], "user.alice.s.2")
-    store.reroute("bob", ["t2"], "user.bob.s.9")  # not bob's: no effect
+    store.claim("alice", ["t1"], "user.alice.s.2")
+    store.claim("bob", ["t2"], "user.bob.s.9")  # not bob's: no effect
     rows = store.rows(["t1", "t2"])
     assert rows["t1"].session == "user.alice.s.2" and rows["t2"].session == "user.alice.s.1"
     store.mark_fetched("alice", ["t1"])

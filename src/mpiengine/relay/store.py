@@ -352,10 +352,6 @@ class RelayStore:
 
         return self._db.transaction(run, lock=True)
 
-    def reroute(self, user: str, task_ids: Sequence[str], session: str) -> None:
-        """Send these tasks' future results to ``session`` (see claim)."""
-        self.claim(user, task_ids, session)
-
     def mark_fetched(self, user: str, task_ids: Sequence[str]) -> None:
         """The client has these results: start their retention clock."""
         now = time.time()
