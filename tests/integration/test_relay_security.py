@@ -289,14 +289,15 @@ def test_admin_cli(harness: RelayHarness, endpoint: EndpointProcess) -> None:
     assert out.exit_code == 0, out.output
     assert "password: " in out.output
     try:
-        listed = runner.invoke(relay_cli, ["endpoints", *config])
-        assert "  online  shared=-\n" in listed.output  # nobody else yet
+        lonely = harness.admin.add_endpoint("ep-lonely", endpoint.owner.name)
         shared = runner.invoke(relay_cli, ["allow", endpoint.endpoint_id, name, *config])
         assert shared.exit_code == 0 and name in shared.output
-        listed = runner.invoke(relay_cli, ["endpoints", *config])
-        assert (
-            endpoint.endpoint_id in listed.output and f"  online  shared={name}\n" in listed.output
-        )
+        listed = runner.invoke(relay_cli, ["endpoints", *config]).output.splitlines()
+        assert f"{lonely.id}  ep-lonely  owner={endpoint.owner.name}  offline  shared=-" in listed
+        record = harness.admin.store.endpoint(endpoint.endpoint_id)
+        assert record is not None and name in record.allowed
+        (line,) = [x for x in listed if x.startswith(f"{endpoint.endpoint_id}  ")]
+        assert line.endswith("  online  shared=" + ",".join(record.allowed))  # names, no quotes
         bad = runner.invoke(relay_cli, ["add-user", "Not Valid", *config])
         assert bad.exit_code != 0 and "not a valid user name" in bad.output
     finally:
