@@ -26,7 +26,9 @@ from mpiengine_sdk.errors import BackendError, ConfigError
 __all__ = [
     "DEFAULT_INSTANCE",
     "RelayInstance",
+    "claim_pid_file",
     "instances",
+    "release_pid_file",
     "running_pid",
     "start_detached",
     "stop_relay",
