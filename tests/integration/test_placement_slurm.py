@@ -1,7 +1,7 @@
 """Every task runs on its placement, on the real Slurm cluster (ci/slurm-docker).
 
 The CPU nodes (node1..node4, partition debug) declare 2 CPUs each, as many as the CI host has,
-and Slurm's task/affinity binds for real, so a task's ``Cpus_allowed_list`` is checkable. The
+so the per-rank wrapper's pinning is real and a task's ``Cpus_allowed_list`` is checkable. The
 GPU node (node5, partition gpu) has 4 fake GPUs in Slurm's GRES and 4 CPUs (its CPU binding is
 not checked: the host has 2 cores). Tasks are *held at once* by a barrier in a shared folder
 (every node is this host), so "distinct" means distinct while running together.
@@ -231,15 +231,7 @@ def rank_devices(stdout: str) -> dict[str, dict[str, str]]:
 def test_each_mpi_rank_sees_one_distinct_gpu_under_srun(conf: Path, tmp_path: Path) -> None:  # noqa: F811
     ex = gpu_endpoint(tmp_path)
     try:
-        # The GPU node declares 4 CPUs on a 2-core host: Slurm cannot lay 4 bound ranks out on
-        # it, so this test turns srun's own CPU binding off (a user launcher option).
-        spec = ResourceSpec(
-            num_nodes=1,
-            ranks_per_node=4,
-            gpus_per_rank=1,
-            walltime=120,
-            launcher_options=["--cpu-bind=none"],
-        )
+        spec = ResourceSpec(num_nodes=1, ranks_per_node=4, gpus_per_rank=1, walltime=120)
         result = ex.submit(rank_gpus("SLURM_PROCID"), resource_spec=spec).result(180)
         assert result.returncode == 0, result.stderr
         ranks = rank_devices(result.stdout)
