@@ -17,6 +17,7 @@ GPU vendors and their variables: ``nvidia`` -> ``CUDA_VISIBLE_DEVICES``, ``amd``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,17 @@ class Binding:
             on their placement's lead node through the launcher, and ranks are pinned to their
             cores. False for the embedded endpoint's virtual nodes, which share this host:
             tasks start here directly and are not pinned (a virtual core is no real core).
+        cpu_ids: the operating system's CPU numbers of the cores the scheduler hands out, in
+            order (core slot ``i`` is CPU ``cpu_ids[i]``): a site whose nodes reserve cores for
+            the system (Frontier's first core of each L3 region, Aurora's cores 0 and 52) or
+            number SMT threads core by core (POWER9) lists its usable ones. Empty: slot ``i``
+            is CPU ``i``.
     """
 
     gpu_vendor: str | None = None
     gpu_tiles: int = 1
     real_nodes: bool = True
+    cpu_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VARIABLES:
@@ -77,6 +84,23 @@ class Binding:
                 f"{tiles} tiles per GPU for vendor {self.gpu_vendor!r}",
                 "1, or gpu_vendor: intel (Level Zero tiles, ZE_AFFINITY_MASK=GPU.TILE)",
             )
+
+    def on_cpus(self, placement: Placement) -> Placement:
+        """``placement`` with its core slots turned into the nodes' CPU numbers (``cpu_ids``).
+
+        Raises:
+            ConfigError: a core slot beyond ``cpu_ids`` (the block has fewer usable cores).
+        """
+        ids = self.cpu_ids
+        if not ids or not placement.cores:
+            return placement
+        try:
+            cores = tuple(tuple(ids[c] for c in node) for node in placement.cores)
+        except IndexError:
+            raise ConfigError(
+                "cpu_ids", f"{len(ids)} CPU ids for core slots {placement.cores}", "one per core"
+            ) from None
+        return dataclasses.replace(placement, cores=cores)
 
     @property
     def gpu_variable(self) -> str | None:

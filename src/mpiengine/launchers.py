@@ -71,6 +71,9 @@ _HOSTFILE_LINES: Mapping[str, str] = {
     "host:slots": "{}:{}\n",
     "host slots=N": "{} slots={}\n",
 }
+#: The first line of an IBM JSM explicit resource file (jsrun --erf_input): CPU numbers are the
+#: operating system's, as the placement's core lists are.
+_ERF_PREAMBLE = "cpu_index_using: physical\n"
 _TOP_DEFAULTS = {
     "env": "{}",
     "hostfile": "none",
@@ -249,6 +252,9 @@ class LauncherSpec:
             local_rank)`` (local_rank may be None), or None for a one-process launcher.
         nested_launch_args: extra args for a shell task's one-rank launch, so that launches it
             starts itself may use its nodes (srun: ``--overlap``).
+        site_options: launcher options a site adds to every launch (a named machine's
+            recommended options, e.g. ``--gpu-bind=closest``), placed like user options and
+            before them, so that a task's own options win where the launcher keeps the last.
     """
 
     name: str
@@ -264,6 +270,7 @@ class LauncherSpec:
     nested_launch_args: tuple[str, ...]
     _args: tuple[_Text | _Group, ...] = field(repr=False)
     _env: tuple[tuple[str, _Text, tuple[_Cond, ...]], ...] = field(repr=False)
+    site_options: tuple[str, ...] = ()
 
     def render(
         self,
@@ -297,6 +304,8 @@ class LauncherSpec:
             allowed = f"1 (launcher {self.name} starts one process; use an MPI launcher)"
             raise SpecError("num_ranks", facts.num_ranks, allowed)
         options = self._check_options(user_options)
+        if self.site_options:
+            options[:0] = self.site_options
         args: list[str] = []
         _emit(self._args, facts, args)
         if self.user_options_position == "start":
@@ -324,8 +333,42 @@ class LauncherSpec:
         return list(options)
 
     def _hostfile_text(self, facts: _Facts) -> str:
+        if self.hostfile_format == "erf":
+            return _erf_text(facts)
         line = _HOSTFILE_LINES[self.hostfile_format or "host"]
         return "".join(line.format(node, facts.ranks_per_node) for node in facts.p.nodes)
+
+
+def _erf_ids(
+    per_node: tuple[tuple[int, ...], ...], i: int, what: str, need: int, whole: int, facts: _Facts
+) -> list[int]:
+    """Node ``i``'s ids of ``what`` (cores or gpus): its list, or ``range(whole)`` when an
+    exclusive placement lists none (it owns the whole node)."""
+    if len(per_node) > i and len(per_node[i]) >= need:
+        return [_count(what, x, 0) for x in per_node[i]]
+    if facts.exclusive:
+        return list(range(whole))
+    raise SpecError(what, per_node, f"{need} ids on every node (jsrun binds each rank to its own)")
+
+
+def _erf_text(facts: _Facts) -> str:
+    """An explicit resource file: one line per rank naming its host, cores and GPUs, node by
+    node (rank = node index x ranks_per_node + local rank, as the other launchers count)."""
+    rpn, gpr = facts.ranks_per_node, facts.gpus_per_rank
+    cpr = facts.cores_per_rank_on_node
+    lines = [_ERF_PREAMBLE]
+    for i, node in enumerate(facts.p.nodes):
+        cores = _erf_ids(facts.p.cores, i, "cores", rpn * cpr, facts.cores_per_node, facts)
+        gpus: list[int] = []
+        if gpr:
+            gpus = _erf_ids(facts.p.gpus, i, "gpus", rpn * gpr, rpn * gpr, facts)
+        for r in range(rpn):
+            mine = ",".join(map(str, cores[r * cpr : (r + 1) * cpr]))
+            spec = f"hosts: {node}; cpu: {{{mine}}}"
+            if gpr:
+                spec += f"; gpu: {{{','.join(map(str, gpus[r * gpr : (r + 1) * gpr]))}}}"
+            lines.append(f"rank: {i * rpn + r}: {{ {spec} }}\n")
+    return "".join(lines)
 
 
 @dataclass
@@ -486,7 +529,12 @@ def available_launchers() -> list[str]:
     return sorted(p.stem for p in data_dir("launchers").glob("*.yaml"))
 
 
-def load_launcher(name_or_path: str | Path, *, executable: str | None = None) -> LauncherSpec:
+def load_launcher(
+    name_or_path: str | Path,
+    *,
+    executable: str | None = None,
+    options: Sequence[str] = (),
+) -> LauncherSpec:
     """Load a launcher by shipped name (``"srun"``) or by path to a ``.yaml`` file.
 
     Files are parsed, validated and compiled once per process (cached by resolved path).
@@ -494,6 +542,8 @@ def load_launcher(name_or_path: str | Path, *, executable: str | None = None) ->
     Args:
         name_or_path: a name from ``available_launchers()``, or a path to a launcher file.
         executable: the launcher command to use instead of the file's (a site's full path).
+        options: launcher options added to every launch (a site's recommended options), each
+            one argv element.
 
     Returns:
         The compiled launcher.
@@ -512,6 +562,8 @@ def load_launcher(name_or_path: str | Path, *, executable: str | None = None) ->
                 "launcher", f"unknown launcher {text!r}", ", ".join(available_launchers())
             )
     spec = _load_file(path.resolve())
+    if options:
+        spec = dataclasses.replace(spec, site_options=tuple(spec._check_options(options)))
     if executable is None:
         return spec
     if not executable or spec.executable is None:

@@ -203,6 +203,7 @@ def build_launch(
         binding: the block's GPU vendor and tiles, and whether its nodes are real (virtual
             nodes: shell and Python tasks start here directly, nothing is pinned).
     """
+    placement = binding.on_cpus(placement)  # core slots -> the nodes' own CPU numbers
     hostfile = f"{sandbox}/hostfile"
     options = spec.launcher_options
     mpi, prefix = _render(mpi_launcher, placement, cores_per_node, options, hostfile)
@@ -215,6 +216,7 @@ def build_launch(
     )
 
     env = dict(base_env)
+    files: dict[str, bytes] = {}
     if task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON):
         by_wrapper = mpi_launcher.gpu_binding == "wrapper"
         wrapper = _rank_wrapper(mpi_launcher, placement, binding, gpus_by_wrapper=by_wrapper)
@@ -239,7 +241,11 @@ def build_launch(
             asked = dataclasses.replace(one, exclusive=False, gpus_per_rank=0)
         elif not ask_gpus:
             asked = dataclasses.replace(one, gpus_per_rank=0)
-        launch, _ = _render(mpi_launcher, asked, cores_per_node, options, hostfile)
+        # Its own file: the task's hostfile describes the whole placement (jsrun's ERF).
+        lead_file = f"{sandbox}/lead.hostfile"
+        launch, _ = _render(mpi_launcher, asked, cores_per_node, options, lead_file)
+        if launch.hostfile is not None:
+            files["lead.hostfile"] = launch.hostfile.encode()
         wrapper = _rank_wrapper(mpi_launcher, one, binding, gpus_by_wrapper=not ask_gpus)
         head = launch.argv[:1]
         argv = (*head, *nested, *launch.argv[1:], *wrapper, *command)
@@ -266,7 +272,6 @@ def build_launch(
             "PARSL_RANKS_PER_NODE": str(spec.ranks_per_node),
         }
     )
-    files: dict[str, bytes] = {}
     if mpi.hostfile is not None:
         files["hostfile"] = mpi.hostfile.encode()
         env["MPIENGINE_HOSTFILE"] = hostfile

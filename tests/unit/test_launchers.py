@@ -85,6 +85,7 @@ def test_every_shipped_launcher_loads(name):
 
 def test_the_required_families_ship():
     wanted = {"local", "mpich-fork", "mpich", "srun", "pals", "openmpi", "aprun"}
+    wanted |= {"jsrun", "ibrun", "flux"}
     assert wanted <= set(SHIPPED)
 
 
@@ -167,6 +168,9 @@ def test_rendered_argv_has_no_float_and_nothing_a_shell_would_read(case, user_op
         spec = load_launcher(name)
         if not spec.mpi_tasks and placement.num_ranks > 1:
             continue
+        listed = placement.cores and (placement.gpus or not placement.gpus_per_rank)
+        if spec.hostfile_format == "erf" and not listed and not placement.exclusive:
+            continue  # jsrun names each rank's cores and GPUs: refused without lists
         if spec.executable is None:
             user_options = []
         launch = spec.render(
@@ -215,10 +219,12 @@ def test_large_tasks_use_a_hostfile_and_stay_under_the_argument_limit():
         assert HOSTFILE in " ".join(launch.argv), name
         assert launch.hostfile is not None and launch.hostfile.count("\n") == len(nodes)
         assert max(len(a.encode()) for a in launch.argv) < 128 * 1024
+    whole = _p(nodes, 4, exclusive=True)  # jsrun needs core lists, or whole nodes
     for name in SHIPPED:
         if load_launcher(name).mpi_tasks:
+            erf = load_launcher(name).hostfile_format == "erf"
             launch = load_launcher(name).render(
-                placement, cores_per_node=64, hostfile_path=HOSTFILE
+                whole if erf else placement, cores_per_node=64, hostfile_path=HOSTFILE
             )
             assert max(len(a.encode()) for a in launch.argv) < 128 * 1024, name
 
