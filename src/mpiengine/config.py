@@ -75,6 +75,8 @@ class EndpointConfig:
     max_idle_time: float = 120
     launcher: str | None = None
     launcher_executable: str | None = None
+    launcher_options: list[str] = dataclasses.field(default_factory=list)
+    cpu_ids: list[int] | None = None
     max_concurrent_launches: int = 64
     heartbeat_period: float = 2
     heartbeat_threshold: float = 20
@@ -114,7 +116,9 @@ class EndpointConfig:
         vendor = self.gpu_vendor
         if vendor is None and self.gpus_per_node > 0:
             vendor = "nvidia"
-        return Binding(gpu_vendor=vendor, gpu_tiles=self.gpu_tiles)
+        return Binding(
+            gpu_vendor=vendor, gpu_tiles=self.gpu_tiles, cpu_ids=tuple(self.cpu_ids or ())
+        )
 
     @property
     def launcher_name(self) -> str:
@@ -198,6 +202,12 @@ def _check_combinations(cfg: EndpointConfig) -> None:
             "gpu_tiles",
             f"{cfg.gpu_tiles} tiles per GPU with launcher srun (Slurm's GRES counts whole GPUs)",
             "1 with srun; tiles with an mpiexec-family launcher (pals, mpich)",
+        )
+    if cfg.cpu_ids is not None and len(cfg.cpu_ids) != cfg.cores_per_node:
+        raise ConfigError(
+            "cpu_ids",
+            f"{len(cfg.cpu_ids)} CPU ids for cores_per_node={cfg.cores_per_node}",
+            "one CPU number per usable core, or null",
         )
     if cfg.heartbeat_threshold <= cfg.heartbeat_period:
         raise ConfigError(

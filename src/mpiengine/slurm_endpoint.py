@@ -62,7 +62,9 @@ class BatchEndpoint:
         chosen = workdir if workdir is not None else cfg.workdir
         self.workdir = Path(chosen).expanduser() if chosen is not None else _fresh_workdir()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._launcher = load_launcher(cfg.launcher_name, executable=cfg.launcher_executable)
+        self._launcher = load_launcher(
+            cfg.launcher_name, executable=cfg.launcher_executable, options=cfg.launcher_options
+        )
         self._provider = provider or make_provider(cfg, worker_init=_BLOCK_START)
         self._shape = BlockShape(
             num_nodes=cfg.nodes_per_block,
