@@ -76,6 +76,37 @@ class BatchEndpoint:
         self._engine: Engine | None = None
         self._manager: BlockManager | None = None
 
+    @classmethod
+    def from_site(
+        cls,
+        name: str | Path,
+        *,
+        workdir: str | Path | None = None,
+        provider: BlockProvider | None = None,
+        tick_interval: float = 0.5,
+        **overrides: Any,
+    ) -> BatchEndpoint:
+        """An endpoint on a named machine: ``BatchEndpoint.from_site("polaris", account=...)``.
+
+        Args:
+            name: a machine of ``site-configs/`` (``mpiengine sites list``) or a site file.
+            workdir, provider, tick_interval: as for the constructor.
+            overrides: ``queue``, ``account`` and endpoint config keys; they win over the
+                site's values (see :func:`mpiengine.sites.site_config`).
+
+        Raises:
+            ConfigError: an unknown machine, a missing account the site requires, a queue
+                the site does not have, or any value the endpoint config refuses.
+        """
+        from mpiengine.sites import site_config
+
+        return cls(
+            site_config(name, **overrides),
+            workdir=workdir,
+            provider=provider,
+            tick_interval=tick_interval,
+        )
+
     @property
     def manager(self) -> BlockManager:
         """The block manager (after start)."""
