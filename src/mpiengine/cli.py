@@ -9,6 +9,7 @@ import click
 
 from mpiengine.agent.cli import agent
 from mpiengine.cli_remote import endpoint, relay
+from mpiengine.cli_sites import sites
 from mpiengine_sdk.errors import MPIEngineError
 
 __all__ = ["main"]
@@ -96,7 +97,8 @@ def demo(nodes: int, workdir: Path | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-# The agent, relay and endpoint command groups live in their own modules.
+# The agent, relay, endpoint and sites command groups live in their own modules.
 main.add_command(agent)
 main.add_command(relay)
 main.add_command(endpoint)
+main.add_command(sites)

@@ -63,6 +63,8 @@ def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--nodes", type=int, default=None, help="Embedded engine: virtual nodes.")
 @click.option("--cores-per-node", type=int, default=None, help="Embedded engine: cores each.")
 @click.option("--option", "options", multiple=True, help="Engine option KEY=VALUE (repeatable).")
+@click.option("--site", default=None, help="A named machine (mpiengine sites list): batch engine.")
+@click.option("--set", "sets", multiple=True, help="With --site: KEY=VALUE (account, queue...).")
 @click.option("--prefetch", type=int, default=None, help="Task batches held at once.")
 @click.option("--heartbeat-period", type=float, default=None)
 @click.option("--stop-grace", type=float, default=None)
@@ -74,6 +76,14 @@ def configure(name: str, **kw: Any) -> None:
         paths = EndpointPaths.of(name)
         config = load_service_config(paths.config) if paths.config.exists() else ServiceConfig()
         engine_options = dict(config.engine_options)
+        site, sets = kw.pop("site"), kw.pop("sets")
+        if sets and site is None:
+            raise click.UsageError("--set needs --site (use --option for engine options)")
+        if site is not None:  # the machine's whole config replaces the engine options
+            from mpiengine.cli_sites import site_engine_options
+
+            engine_options = site_engine_options(site, sets)
+            kw["engine"] = "batch"
         engine_options.update(_parse_options(kw.pop("options")))
         for key in ("nodes", "cores_per_node"):
             if kw.get(key) is not None:
