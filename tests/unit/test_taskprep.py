@@ -57,8 +57,9 @@ def test_every_launch_matches_a_fresh_rendering(name: str, tmp_path: Path) -> No
         fresh = launcher.render(placement, cores_per_node=8, hostfile_path=f"{sandbox}/hostfile")
         head, middle = launch.argv[: len(fresh.argv)], launch.argv[len(fresh.argv) : -1]
         assert head == fresh.argv and launch.argv[-1] == "true", placement
-        # srun cannot pin to the placement's cores: the per-rank wrapper does, on shared nodes.
-        wants_wrapper = name == "srun" and not placement.exclusive
+        # srun cannot pin to the placement's cores, nor Open MPI one rank at a time inside
+        # --cpu-set: the per-rank wrapper does, on shared nodes.
+        wants_wrapper = launcher.cpu_binding == "wrapper" and not placement.exclusive
         assert middle[:2] == (("/bin/sh", WRAPPER) if wants_wrapper else ()), placement
         assert launch.env["MPIENGINE_MPI_PREFIX"] == shlex.join(fresh.argv)
         assert launch.env["MPIENGINE_TASK_ID"] == placement.task_id
