@@ -60,18 +60,33 @@ def test_parsl_backlog_cases_all_run(nodes: int, sizes: list[int]) -> None:
 
 
 def test_parsl_case_without_walltimes_all_run() -> None:
-    sched = Scheduler()
+    sched = Scheduler(lend_interval=0.0)
     sched.add_block(block(nodes=4))
     for i, n in enumerate([3, 2, 1]):
         sched.submit(task(f"t{i}", n, 4))
     first = sched.schedule(0.0)
-    # The free node is kept for t1 (the head): t2 has no walltime, so it may not take it.
+    # Lending off: the free node is kept for t1 (the head): t2 has no walltime, so it may
+    # not take it.
     assert ids(first) == ["t0"]
     res = sched.reservation
-    assert res is not None and res.task_id == "t1" and res.time == math.inf
+    assert res is not None and res.task_id == "t1" and res.time == math.inf and res.blind
     assert "b0-n3" in res.nodes
     sched.release("t0")
     assert ids(sched.schedule(1.0)) == ["t1", "t2"]
+
+
+def test_without_any_runtime_known_a_smaller_task_borrows_the_heads_idle_nodes() -> None:
+    # The same case, lending on (the default): t1 waits for t0, whose end nobody knows, so
+    # its free reserved node would idle; t2 (smaller) borrows it.
+    sched = Scheduler()
+    sched.add_block(block(nodes=4))
+    for i, n in enumerate([3, 2, 1]):
+        sched.submit(task(f"t{i}", n, 4))
+    assert ids(sched.schedule(0.0)) == ["t0", "t2"]
+    res = sched.reservation
+    assert res is not None and res.task_id == "t1" and res.blind
+    sched.release("t0")
+    assert ids(sched.schedule(1.0)) == ["t1"]
 
 
 # -- order ---------------------------------------------------------------------------------
@@ -130,7 +145,7 @@ def test_sub_node_tasks_share_a_node_with_disjoint_cores_and_gpus() -> None:
 
 
 def test_exclusive_takes_whole_nodes_and_lists_all_slots() -> None:
-    sched = Scheduler()
+    sched = Scheduler(lend_interval=0.0)  # excl1 may not borrow excl's nodes while "small" runs
     sched.add_block(block(nodes=2, cores=4, gpus=2))
     sched.submit(task("small", 1, 1))
     sched.submit(task("excl", 2, 1, exclusive=True, walltime=5.0))

@@ -190,8 +190,14 @@ def test_without_backfill_tasks_start_in_queue_order(blocks_, tasks) -> None:
 class NoMemoScheduler(Scheduler):
     """Re-checks every block for every shape: what the failure memos must not change."""
 
-    def _place(self, task_id, now, res, since):
-        return super()._place(task_id, now, res, -1)
+    def _backfill(self, first, now, res, out):
+        for cls in self._queue.classes.values():  # forget every failure...
+            cls.failed_at = cls.failed_free = -1
+        self._last_pass = -1  # ...and count every block as released since the last pass
+        super()._backfill(first, now, res, out)
+
+    def _place(self, entry, now, res, since, cls=None, estimate=None):
+        return super()._place(entry, now, res, -1, cls, estimate)
 
 
 @SETTINGS
@@ -403,3 +409,164 @@ def test_a_retired_block_takes_nothing_new_and_is_idle_once_its_tasks_end() -> N
     assert sched.release(placed.task_id)
     assert sched.idle_blocks() == ["b"]
     assert sched.schedule(2.0) == [] and sched.is_waiting("second")
+
+
+# -- predicted runtimes: wrong both ways -------------------------------------------------------
+
+
+@st.composite
+def predicted_tasks(draw, max_tasks: int = 25) -> list[SimTask]:
+    """Tasks all queued at 0 whose estimates are wrong both ways (a quarter to four times the
+    runtime), some of a shared kind (learned as they end), some unknown (no estimate, no
+    walltime: blind), some with a walltime."""
+    out = []
+    for i in range(draw(st.integers(1, max_tasks))):
+        runtime = draw(st.floats(0.1, 30.0))
+        walltime = draw(st.one_of(st.none(), st.floats(0.1, 60.0)))
+        if walltime is not None:
+            runtime = min(runtime, walltime)  # as killed at it
+        estimate = draw(st.one_of(st.none(), st.floats(0.25, 4.0).map(lambda f, r=runtime: f * r)))
+        req = TaskRequest(
+            task_id=f"t{i}",
+            num_nodes=draw(st.integers(1, 3)),
+            ranks_per_node=draw(st.integers(1, 3)),
+            cpus_per_rank=draw(st.integers(1, 2)),
+            gpus_per_rank=draw(st.sampled_from([0, 0, 1])),
+            exclusive=draw(st.booleans()),
+            walltime=walltime,
+            priority=draw(st.integers(0, 2)),
+            estimate=estimate,
+            kind=draw(st.sampled_from([None, None, "k1", "k2"])),
+        )
+        out.append(SimTask(req, runtime))
+    return out
+
+
+def run_learning(
+    blocks_: list[BlockInfo], tasks: list[SimTask], check=None, **options
+) -> tuple[Scheduler, SimResult]:
+    """Simulate as the endpoint runs: a task's kind learns its runtime when it ends."""
+    sched = Scheduler(aging_interval=50.0, **options)
+    for b in blocks_:
+        sched.add_block(b)
+    kinds = {t.request.task_id: t.request.kind for t in tasks}
+
+    def learn(task_id: str, runtime: float) -> None:
+        if kinds[task_id] is not None:
+            sched.set_estimate(kinds[task_id], runtime)
+
+    on_schedule = None if check is None else (lambda now, _: check(sched, now))
+    return sched, simulate(sched, tasks, on_end=learn, on_schedule=on_schedule)
+
+
+def check_estimates_current(sched: Scheduler, now: float) -> None:
+    """After ``schedule(now)``: no running task's estimated end is past (a task that outlived
+    its estimate was corrected), and the head's finite reservation holds under the current
+    estimates: each reserved node fits the head once the tasks estimated to end by then
+    have ended (so it was computed again when a holder outlived its estimate)."""
+    for pool in sched._pools.values():
+        for run in pool.tasks.values():
+            assert run.end >= now, f"{run.task_id}: estimated end {run.end} < now {now}"
+    res, first = sched._res, sched._queue.first()
+    if res is None or first is None or res.seq != first[1] or res.pool is None:
+        return
+    if res.time == math.inf:
+        return
+    pool = res.pool
+    c, g = pool.need(sched._queue.request(res.task_id))
+    for i in res.nodes:
+        assert i not in pool.excluded
+        cores = sum(r.ncores for r in pool.tasks.values() if i in r.nodes and r.end > res.time)
+        gpus = sum(r.ngpus for r in pool.tasks.values() if i in r.nodes and r.end > res.time)
+        assert pool.cpn - cores >= c and pool.gpn - gpus >= g, f"node {i} not free by {res.time}"
+
+
+@SETTINGS
+@given(blocks(), predicted_tasks(), st.sampled_from([1, 4, 64]))
+def test_wrong_predictions_never_let_backfill_delay_the_head_past_its_last_reservation(
+    blocks_, tasks, depth
+) -> None:
+    # All queued at once: the head changes only when it starts. Whatever the predictions,
+    # it starts no later than its reservation as last computed before it started.
+    sched, result = run_learning(blocks_, tasks, check_estimates_current, backfill_depth=depth)
+    check_trace(blocks_, tasks, result)
+    starts = {p.task_id: start for start, p in result.placements}
+    for task_id, promised in result.last_reservations.items():
+        if promised < math.inf:
+            assert task_id in starts, f"{task_id} had a reservation but never started"
+            assert starts[task_id] <= promised + 1e-9
+
+
+@SETTINGS
+@given(blocks(limited=False), predicted_tasks())
+def test_with_predictions_every_task_that_fits_runs(blocks_, tasks) -> None:
+    tasks = [t for t in tasks if fits_some(t.request, blocks_)]
+    sched, result = run_learning(blocks_, tasks)
+    check_trace(blocks_, tasks, result)
+    assert result.unstarted == []
+    assert sched.waiting == 0 and sched.running == 0 and sched.next_wake is None
+
+
+@SETTINGS
+@given(blocks(limited=False), predicted_tasks(), st.sampled_from([0.0, 1.0, 5.0]))
+def test_no_starvation_the_head_waits_at_most_its_lending_interval_and_a_runtime(
+    blocks_, tasks, lend
+) -> None:
+    # The aging bound: after lend seconds as the head, nothing more starts before it unless
+    # its reservation rests on walltimes (then it starts by that reservation).
+    tasks = [t for t in tasks if fits_some(t.request, blocks_)]
+    _, result = run_learning(blocks_, tasks, lend_interval=lend)
+    starts = {p.task_id: start for start, p in result.placements}
+    longest = max((t.runtime for t in tasks), default=0.0)
+    order = sorted(range(len(tasks)), key=lambda i: (-tasks[i].request.priority, i))
+    ahead = 0.0  # when every task before it in the queue had started: it became the head
+    for i in order:
+        task_id = tasks[i].request.task_id
+        start = starts[task_id]
+        promised = result.last_reservations.get(task_id, math.inf)
+        assert start <= ahead + lend + longest + 1e-9 or start <= promised + 1e-9, task_id
+        ahead = max(ahead, start)
+
+
+@SETTINGS
+@given(
+    st.integers(2, 5),
+    st.lists(st.floats(0.5, 10.0), min_size=1, max_size=30),
+    st.sampled_from([0.0, 1.0, 5.0]),
+    st.sampled_from([None, 0.25, 0.5]),
+)
+def test_a_stream_of_backfills_cannot_starve_the_head(nodes, runtimes, lend, guess) -> None:
+    # The head needs the whole block and waits for a running task; behind it, one-node tasks
+    # would go before it one after the other: borrowing its idle nodes while nobody knows a
+    # runtime (guess None), or backfilling by predictions that are too short (a quarter or
+    # half of the truth), each delaying it a little more.
+    block = BlockInfo("b", tuple(f"n{i}" for i in range(nodes)), 1)
+
+    def req(task_id: str, n: int, runtime: float) -> TaskRequest:
+        return TaskRequest(task_id, n, 1, estimate=None if guess is None else guess * runtime)
+
+    tasks = [SimTask(req("blocker", 1, runtimes[0]), runtimes[0])]
+    tasks.append(SimTask(req("head", nodes, 1.0), 1.0))
+    tasks += [SimTask(req(f"s{i}", 1, r), r) for i, r in enumerate(runtimes[1:])]
+    _, result = run_learning([block], tasks, lend_interval=lend)
+    starts = {p.task_id: start for start, p in result.placements}
+    assert starts["head"] <= lend + max(runtimes) + 1e-9
+
+
+@SETTINGS
+@given(blocks(), predicted_tasks(max_tasks=40))
+def test_failure_memos_change_no_decision_as_estimates_change(blocks_, tasks) -> None:
+    # Estimates learned as tasks end make a shape that failed fit again (a shorter one):
+    # the memos must notice, exactly as re-checking everything does.
+    _, fast = run_learning(blocks_, tasks)
+    slow_sched = NoMemoScheduler(aging_interval=50.0)
+    for b in blocks_:
+        slow_sched.add_block(b)
+    kinds = {t.request.task_id: t.request.kind for t in tasks}
+
+    def learn(task_id: str, runtime: float) -> None:
+        if kinds[task_id] is not None:
+            slow_sched.set_estimate(kinds[task_id], runtime)
+
+    slow = simulate(slow_sched, tasks, on_end=learn)
+    assert fast.placements == slow.placements

@@ -25,6 +25,7 @@ def find_fit(
     pools: Iterable[BlockPool],
     req: TaskRequest,
     shape: Shape,
+    estimate: float,
     now: float,
     res: Res | None,
     since: int,
@@ -38,18 +39,20 @@ def find_fit(
         pools: the blocks.
         req: the task.
         shape: its shape (``shape_of(req)``, which is cheaper to read).
+        estimate: its estimate now (the smaller of prediction and walltime; inf: unknown).
         now: the current time; the task must end within its block's walltime.
-        res: the head's reservation, whose nodes the task may use only if it surely ends by
-            the reservation time; None for the head itself.
+        res: the head's reservation, whose nodes the task may use only if it ends by the
+            reservation time by estimate (or borrows them, see ``Res.excludes``); None for
+            the head itself.
         since: skip blocks not released since this tick (the shape failed then).
 
     Returns:
         the fit or None, and whether reserved nodes were among those refused (if so, the
         failure holds for this reservation only).
     """
-    n, c, g, _, exclusive = shape
+    n, c, g, _, exclusive, _ = shape
     if exclusive:
-        return _find_whole(pools, n, c, g, req.walltime, now, res, since)
+        return _find_whole(pools, shape, req.walltime, estimate, now, res, since)
     walltime = req.walltime
     need = (c, g)
     best: Fit | None = None
@@ -68,7 +71,11 @@ def find_fit(
             continue
         if not pool.time_ok(now, walltime):
             continue
-        exclude = res.nodes if res is not None and res.excludes(pool, now, walltime) else None
+        exclude = (
+            res.nodes
+            if res is not None and res.excludes(pool, now, estimate, shape[3], (n, c))
+            else None
+        )
         nodes, whole, skipped = pool.collect(n, need, exclude)
         if len(nodes) < n:
             res_mattered |= skipped
@@ -82,16 +89,16 @@ def find_fit(
 
 def _find_whole(
     pools: Iterable[BlockPool],
-    n: int,
-    c: int,
-    g: int,
+    shape: Shape,
     walltime: float | None,
+    estimate: float,
     now: float,
     res: Res | None,
     since: int,
 ) -> tuple[Fit | None, bool]:
     """:func:`find_fit` for an exclusive task: ``n`` wholly free nodes in the first block
     that has them (every fit uses ``n`` wholly free nodes, so the first one wins)."""
+    n, c, g, wall, _, _ = shape
     res_mattered = False
     for pool in pools:
         if pool.dirty <= since or c > pool.cpn or g > pool.gpn:
@@ -99,7 +106,7 @@ def _find_whole(
         free = pool.buckets.get(pool.full_key)
         if free is None or len(free) < n or not pool.time_ok(now, walltime):
             continue
-        if res is not None and res.excludes(pool, now, walltime):
+        if res is not None and res.excludes(pool, now, estimate, wall, (n, c)):
             # In bucket order, skipping the reserved nodes (which pile up free while the
             # head waits for the rest: at C speed).
             nodes = list(islice(filterfalse(res.nodes.__contains__, free), n))
@@ -112,24 +119,33 @@ def _find_whole(
     return None, res_mattered
 
 
-def start(req: TaskRequest, fit: Fit, now: float, seq: int) -> Placement:
+def start(
+    req: TaskRequest, fit: Fit, now: float, seq: int, estimate: float
+) -> tuple[Placement, float]:
     """Take the slots of ``fit`` for ``req`` and describe them as a :class:`Placement`.
 
-    A task without walltime gets its block's remaining time (None on an unlimited block).
+    A task without walltime gets its block's remaining time (None on an unlimited block):
+    that, and never its ``estimate``, is the limit it is killed at.
+
+    Returns:
+        the placement, and the task's kill time (``now`` + walltime; inf without one).
     """
     pool, nodes, need = fit
     end_time = pool.info.end_time
     walltime = req.walltime
     if walltime is not None:
-        est_end = now + walltime
+        bound = now + walltime
     elif end_time is not None:
-        walltime, est_end = end_time - now, end_time
+        walltime, bound = end_time - now, end_time
     else:
-        est_end = math.inf
+        bound = math.inf
+    est_end = now + estimate
+    if est_end > bound:
+        est_end = bound
     nodes.sort()
     cores, gpus = pool.take(req.task_id, nodes, need, est_end, seq)
     names = pool.info.nodes
-    return make_placement(
+    placement = make_placement(
         req.task_id,
         pool.info.block_id,
         tuple(map(names.__getitem__, nodes)),
@@ -141,6 +157,7 @@ def start(req: TaskRequest, fit: Fit, now: float, seq: int) -> Placement:
         req.exclusive,
         walltime,
     )
+    return placement, bound
 
 
 _FIELDS = (

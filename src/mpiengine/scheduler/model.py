@@ -101,9 +101,16 @@ class TaskRequest:
         gpus_per_rank: GPUs per rank.
         exclusive: hold the nodes whole; no other task shares them.
         walltime: the most seconds the task runs; None for "until its block ends". Backfill
-            trusts it, so a task must be killed when it expires.
+            trusts it, so a task must be killed when it expires. The only limit: nothing
+            else here ever ends a task.
         priority: higher runs first; one level is worth ``aging_interval`` seconds of waiting.
         submit_time: when the task was submitted (the caller's clock): the FIFO and aging key.
+        estimate: a predicted runtime in seconds (from the history of tasks like it), or
+            None. A hint for backfill and reservations only, never a limit: the scheduler uses
+            the smaller of it and ``walltime``, and corrects it when the task outlives it.
+        kind: what makes tasks alike for prediction (e.g. the command and the shape), or
+            None. Tasks of one kind share one estimate, which
+            :meth:`Scheduler.set_estimate` updates while they wait; ``estimate`` seeds it.
     """
 
     task_id: str
@@ -115,6 +122,8 @@ class TaskRequest:
     walltime: float | None = None
     priority: int = 0
     submit_time: float = 0.0
+    estimate: float | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task_id, str) or not self.task_id:
@@ -129,6 +138,9 @@ class TaskRequest:
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise SpecError("priority", self.priority, "an integer")
         _instant("submit_time", self.submit_time, optional=False)
+        _duration("estimate", self.estimate)
+        if self.kind is not None and (not isinstance(self.kind, str) or not self.kind):
+            raise SpecError("kind", self.kind, "None or a non-empty string")
 
     @property
     def cores_per_node(self) -> int:
@@ -154,22 +166,29 @@ class TaskRequest:
 class Reservation:
     """Where and when the head task (the first waiting task) is guaranteed to start.
 
-    Backfilled tasks may use the reserved nodes only if they end by ``time``, so the head
-    starts no later than ``time`` (given that tasks end within their walltimes).
+    Backfilled tasks may use the reserved nodes only if they end by ``time`` by estimate, so
+    the head starts no later than ``time`` if tasks end within their estimates; a task that
+    outlives its estimate makes the scheduler compute the reservation again at once. While
+    it is ``blind`` (it waits for a task of unknown runtime), smaller tasks may borrow the
+    nodes for a while (see ``mpiengine.scheduler.policy``).
 
     Attributes:
         task_id: the head task.
         block_id: the block it will run on; None when no current block can ever hold it
             (then nothing is reserved and it waits for a new block).
-        time: the latest start time; ``math.inf`` when running tasks without walltime on an
-            unlimited block must end first (their nodes are still kept for the head).
+        time: the latest start by the running tasks' estimates; ``math.inf`` when tasks of
+            unknown runtime must end first.
         nodes: the reserved nodes.
+        blind: the head waits for a running task whose runtime nobody knows (no walltime,
+            no estimate): the time is unknown (``math.inf``), and meanwhile the head cannot
+            use its free reserved nodes.
     """
 
     task_id: str
     block_id: str | None
     time: float
     nodes: tuple[str, ...]
+    blind: bool = False
 
 
 @dataclass(frozen=True)

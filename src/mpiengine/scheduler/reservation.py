@@ -18,34 +18,90 @@ class Res:
         task_id: the head task.
         seq: its submission number (a resubmitted task id is another task).
         pool: its block; None when no current block can ever hold it (nothing reserved).
-        time: the latest start; ``math.inf`` when it waits for tasks that never end by
-            estimate (no walltime, unlimited block).
+        time: the latest start under the running tasks' estimates; ``math.inf`` when it
+            waits for tasks that never end by estimate (no walltime, no estimate, unlimited
+            block).
         nodes: the reserved node numbers in ``pool``.
+        sure: the time rests on walltimes alone (kill times), not on predictions.
+        blind: the time waits for a task whose runtime nobody knows (it is inf).
+        lend_until: until then, beliefs may steer backfill (predictions; while blind,
+            smaller tasks borrow the reserved nodes); after it, only walltimes do.
+        size: the head's (nodes, cores per node): what "smaller" compares with.
+        tick: the scheduler tick it was computed at (a blind one is recomputed after any
+            release: the tasks it waits for may be gone).
     """
 
-    __slots__ = ("nodes", "pool", "seq", "task_id", "time")
+    __slots__ = (
+        "blind",
+        "lend_until",
+        "nodes",
+        "pool",
+        "seq",
+        "size",
+        "sure",
+        "task_id",
+        "tick",
+        "time",
+    )
 
     def __init__(
-        self, task_id: str, seq: int, pool: BlockPool | None, time: float, nodes: frozenset[int]
+        self,
+        task_id: str,
+        seq: int,
+        pool: BlockPool | None,
+        time: float,
+        nodes: frozenset[int],
+        sure: bool = True,
+        blind: bool = False,
+        lend_until: float = -math.inf,
+        size: tuple[int, int] = (0, 0),
+        tick: int = 0,
     ) -> None:
         self.task_id = task_id
         self.seq = seq
         self.pool = pool
         self.time = time
         self.nodes = nodes
+        self.sure = sure
+        self.blind = blind
+        self.lend_until = lend_until
+        self.size = size
+        self.tick = tick
 
-    def excludes(self, pool: BlockPool, now: float, walltime: float | None) -> bool:
-        """Whether a task of ``walltime`` starting ``now`` in ``pool`` must avoid the nodes.
+    def excludes(
+        self,
+        pool: BlockPool,
+        now: float,
+        estimate: float,
+        walltime: float,
+        size: tuple[int, int],
+    ) -> bool:
+        """Whether a task starting ``now`` in ``pool`` must avoid the reserved nodes.
 
-        Only a task known to end by the reservation time may use them; a task without
-        walltime never is, nor is any task when the time is unknown (inf).
+        Until ``lend_until``, a task may use them if it ends by the reservation time by
+        estimate (its ``estimate``: the smaller of its prediction and walltime; inf:
+        unknown, which never does; nor does any when the time is inf), or if it is smaller
+        than the head (``size``: nodes, then cores per node) while the reservation is blind:
+        the head cannot use those nodes before a moment nobody knows. After it, only if its
+        ``walltime`` (inf: none) ends it by then.
         """
         if pool is not self.pool:
             return False
-        return walltime is None or self.time == math.inf or now + walltime > self.time
+        if now >= self.lend_until:
+            return not (self.time != math.inf and now + walltime <= self.time)
+        if self.time != math.inf and now + estimate <= self.time:
+            return False
+        return not (self.blind and size < self.size)
 
 
-def reserve(pools: Iterable[BlockPool], head: TaskRequest, seq: int, now: float) -> Res:
+def reserve(
+    pools: Iterable[BlockPool],
+    head: TaskRequest,
+    seq: int,
+    now: float,
+    lend_until: float = -math.inf,
+    tick: int = 0,
+) -> Res:
     """The earliest start of ``head`` over all blocks (the first block on ties).
 
     Args:
@@ -53,11 +109,13 @@ def reserve(pools: Iterable[BlockPool], head: TaskRequest, seq: int, now: float)
         head: the head task (which does not fit now).
         seq: its submission number.
         now: the current time.
+        lend_until: until when a blind reservation lends its nodes to smaller tasks.
+        tick: the scheduler's tick now.
 
     Returns:
         the reservation; with no pool when no block can hold it within its walltime.
     """
-    best: tuple[float, BlockPool, list[int]] | None = None
+    best: tuple[float, BlockPool, list[int], bool, bool] | None = None
     limit = math.inf
     for pool in pools:
         need = pool.need(head)
@@ -65,8 +123,10 @@ def reserve(pools: Iterable[BlockPool], head: TaskRequest, seq: int, now: float)
             continue
         found = pool.earliest(head.num_nodes, need, now, head.walltime, limit)
         if found is not None and (best is None or found[0] < best[0]):
-            best = (found[0], pool, found[1])
+            best = (found[0], pool, found[1], found[2], found[3])
             limit = found[0]
+    size = (head.num_nodes, head.cores_per_node)
     if best is None:
-        return Res(head.task_id, seq, None, math.inf, frozenset())
-    return Res(head.task_id, seq, best[1], best[0], frozenset(best[2]))
+        return Res(head.task_id, seq, None, math.inf, frozenset(), size=size, tick=tick)
+    time, pool, nodes, sure, blind = best
+    return Res(head.task_id, seq, pool, time, frozenset(nodes), sure, blind, lend_until, size, tick)

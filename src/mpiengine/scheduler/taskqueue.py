@@ -1,7 +1,8 @@
 """The waiting tasks, grouped by shape so that backfill looks at each shape once.
 
-Two tasks of the same :data:`Shape` (nodes, cores and GPUs per node, exclusivity, walltime)
-fit exactly the same free slots, so if the first of them cannot start, neither can the others.
+Two tasks of the same :data:`Shape` (nodes, cores and GPUs per node, exclusivity, walltime,
+and estimate: their kind, whose estimate they share, or their own) fit exactly the same free
+slots, so if the first of them cannot start, neither can the others.
 The queue therefore keeps, per shape, a :class:`ShapeClass`: its tasks in order, and what the
 scheduler remembers of the shape's failures; and a sorted list of each class's first task (its
 *class head*). The first class head is the head of the whole queue; backfill walks the class
@@ -16,10 +17,22 @@ import math
 from .model import TaskRequest
 from .sortedlist import SortedList
 
-__all__ = ["Entry", "Shape", "ShapeClass", "TaskQueue", "covered", "covers", "shape_of"]
+__all__ = [
+    "Eff",
+    "Entry",
+    "Shape",
+    "ShapeClass",
+    "TaskQueue",
+    "covered",
+    "covers",
+    "shape_of",
+]
 
-# (nodes, cores per node, gpus per node, walltime or inf, exclusive)
-Shape = tuple[int, int, int, float, bool]
+# (nodes, cores per node, gpus per node, walltime or inf, exclusive, kind or own estimate (inf
+# for none)): tasks of one kind share the kind's estimate, which changes as it is learned.
+Shape = tuple[int, int, int, float, bool, str | float]
+# A shape with its estimate as of now (the smaller of estimate and walltime; inf: unknown).
+Eff = tuple[int, int, int, float, bool, float]
 
 
 class ShapeClass:
@@ -36,16 +49,25 @@ class ShapeClass:
         failed_res: the reservation (compared by identity) of that failure.
         failed_free: the tick at which it last failed whatever the reservation (-1: never).
         exclusive: whether the shape is exclusive (0 or 1, an index).
+        failed_est: the estimate it had then (a shorter one may fit that reservation).
+        exclusive: whether the shape is exclusive (0 or 1, an index).
         size: what backfill compares with the free room first: the nodes if exclusive (wholly
             free nodes in one block), else the cores per node (free cores on one node).
+        kind: the kind whose estimate its tasks share, or None.
+        own: else their own estimate (inf: none).
+        nc: (nodes, cores per node), to compare with the head's.
     """
 
     __slots__ = (
         "exclusive",
         "failed_at",
+        "failed_est",
         "failed_free",
         "failed_res",
         "id",
+        "kind",
+        "nc",
+        "own",
         "shape",
         "size",
         "tasks",
@@ -59,7 +81,12 @@ class ShapeClass:
         self.tasks: SortedList[Entry] = SortedList()
         self.failed_at = -1
         self.failed_res: object = None
+        self.failed_est = math.inf
         self.failed_free = -1
+        key = shape[5]
+        self.kind = key if isinstance(key, str) else None
+        self.own = math.inf if isinstance(key, str) else key
+        self.nc = (shape[0], shape[1])
 
 
 # (order key, sequence number, task id, class id): (key, seq) is unique, so the rest is never
@@ -70,10 +97,15 @@ Entry = tuple[float, int, str, int]
 def shape_of(req: TaskRequest) -> Shape:
     """What decides where ``req`` fits: its shape."""
     walltime = math.inf if req.walltime is None else req.walltime
-    return (req.num_nodes, req.cores_per_node, req.gpus_per_node, walltime, req.exclusive)
+    key: str | float
+    if req.kind is not None:
+        key = req.kind
+    else:
+        key = math.inf if req.estimate is None else req.estimate
+    return (req.num_nodes, req.cores_per_node, req.gpus_per_node, walltime, req.exclusive, key)
 
 
-def covers(small: Shape, big: Shape) -> bool:
+def covers(small: Eff, big: Eff) -> bool:
     """Whether ``big`` needs at least what ``small`` needs in every respect: if ``small`` cannot
     start, neither can ``big``.
 
@@ -81,24 +113,37 @@ def covers(small: Shape, big: Shape) -> bool:
     node of a block fitting the larger request also fits the smaller), but not than shared
     with more cores (partly used nodes may have them). No walltime (inf) is not simply the
     longest: such a task may still start on a block that ends before ``now + walltime`` of a
-    finite one, so only another no-walltime shape covers it.
+    finite one, so only another no-walltime shape covers it. A longer estimate never ends by
+    a reservation that a shorter one misses, and an unknown one (inf) never does.
     """
     if small[4] and not big[4]:
         return False
     if big[3] == math.inf and small[3] != math.inf:
         return False
-    return small[0] <= big[0] and small[1] <= big[1] and small[2] <= big[2] and small[3] <= big[3]
+    return (
+        small[0] <= big[0]
+        and small[1] <= big[1]
+        and small[2] <= big[2]
+        and small[3] <= big[3]
+        and small[5] <= big[5]
+    )
 
 
-def covered(failed: list[Shape], shape: Shape) -> bool:
-    """Whether any of ``failed`` is covered by ``shape`` (:func:`covers`, inlined: hot)."""
-    n, c, g, walltime, exclusive = shape
+def covered(failed: list[Eff], eff: Eff) -> bool:
+    """Whether any of ``failed`` is covered by ``eff`` (:func:`covers`, inlined: hot)."""
+    n, c, g, walltime, exclusive, estimate = eff
     for small in failed:
         if small[4] and not exclusive:
             continue
         if walltime == math.inf and small[3] != math.inf:
             continue
-        if small[0] <= n and small[1] <= c and small[2] <= g and small[3] <= walltime:
+        if (
+            small[0] <= n
+            and small[1] <= c
+            and small[2] <= g
+            and small[3] <= walltime
+            and small[5] <= estimate
+        ):
             return True
     return False
 
