@@ -187,7 +187,7 @@ def test_batch_endpoint_from_site(tmp_path: Path) -> None:
         provider=object(),  # type: ignore[arg-type]
     )
     assert ep.config.partition == "batch" and ep.config.cores_per_node == 56
-    assert ep._launcher.site_options == ("--gpu-bind=closest", "--mpi=cray_shasta")
+    assert ep._launcher.site_options == ("--mpi=cray_shasta",)
     with pytest.raises(ConfigError, match="account"):
         BatchEndpoint.from_site("frontier", workdir=tmp_path)
 
