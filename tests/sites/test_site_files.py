@@ -328,3 +328,15 @@ def test_endpoint_configure_by_site(tmp_path: Path, monkeypatch) -> None:
     assert wrong.exit_code != 0 and "debug-scaling" in wrong.output
     bare = runner.invoke(main, ["endpoint", "configure", "ep3", "--set", "account=a"])
     assert bare.exit_code != 0 and "--set needs --site" in bare.output
+
+
+def test_core_slots_map_to_the_nodes_cpu_numbers_and_beyond_them_is_refused() -> None:
+    from mpiengine.binding import Binding
+    from mpiengine.placement import Placement
+
+    binding = Binding(cpu_ids=(1, 2, 3, 5))
+    placement = Placement("t", "b", ("a", "b"), 1, 2, cores=((0, 1), (2, 3)))
+    assert binding.on_cpus(placement).cores == ((1, 2), (3, 5))
+    assert Binding().on_cpus(placement) is placement
+    with pytest.raises(ConfigError, match="cpu_ids"):
+        binding.on_cpus(Placement("t", "b", ("a",), 1, 1, cores=((4,),)))
