@@ -25,6 +25,7 @@ from mpiengine.blocks.base import BlockHandle
 from mpiengine.nodefail import LAUNCHER_REASON, failed_node_in, node_failed_result
 from mpiengine.outcome import result_from_completion, result_without_run
 from mpiengine.placement import Placement
+from mpiengine.predict import Kinds, Predictor, task_kinds
 from mpiengine.runner.process import Completion
 from mpiengine.runner.sandbox import SandboxRoot, validate_task_id
 from mpiengine.scheduler import BlockShape, Scheduler, TaskRequest
@@ -49,6 +50,7 @@ class _Task:
     placement: Placement | None = None
     attempts: int = 0
     node_failure: tuple[str, str] | None = None  # (node, reason): killed for it, not yet back
+    kinds: Kinds | None = None  # what its runtime teaches (see mpiengine.predict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class Engine:
         python: the interpreter that runs Python tasks.
         on_tick: called on the engine thread about every ``tick_interval`` seconds with
             ``(now, engine)``: the block manager's hook to scale blocks.
+        predictor: learns runtimes from completed tasks and predicts them for backfill
+            (default: one kept in ``workdir/predictions.json``, so it survives a restart).
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class Engine:
         python: str = sys.executable,
         on_tick: Callable[[float, Engine], None] | None = None,
         tick_interval: float = 1.0,
+        predictor: Predictor | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.tasks_dir = self.workdir / "tasks"
@@ -106,6 +111,7 @@ class Engine:
         self._sink = sink
         self._shapes = shapes
         self._scheduler = scheduler or Scheduler()
+        self._predictor = predictor or Predictor(self.workdir / "predictions.json")
         self._base_env = clean_base_env(os.environ if base_env is None else base_env)
         self._python = python
         self._on_tick = on_tick
@@ -157,13 +163,15 @@ class Engine:
     def _admit(self, task: TaskMessage) -> _Task:
         validate_task_id(task.task_id)
         spec = ResourceSpec.from_dict(task.spec)
-        request = task_request(task, spec, time.monotonic())
+        kinds = task_kinds(task, spec)
+        estimate, kind = self._predictor.predict(kinds)
+        request = task_request(task, spec, time.monotonic(), estimate=estimate, kind=kind)
         self._scheduler.check_fits(request, self.block_shapes())
         with self._ids_lock:
             if task.task_id in self._active_ids:
                 raise SubmitError(f"task id {task.task_id!r} is already queued or running")
             self._active_ids.add(task.task_id)
-        return _Task(task, spec, request)
+        return _Task(task, spec, request, kinds=kinds)
 
     def cancel(self, task_id: str) -> None:
         """Drop a queued task or kill a running one; its CANCELLED result follows."""
@@ -236,10 +244,11 @@ class Engine:
     # -- engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
         next_tick = time.monotonic()
+        timeout = self._tick_interval
         try:
             while True:
                 try:
-                    event = self._events.get(timeout=self._tick_interval)
+                    event = self._events.get(timeout=timeout)
                 except queue.Empty:
                     event = None
                 while event is not None:
@@ -255,10 +264,21 @@ class Engine:
                 if self._stopping is False or (self._stopping and not self._tasks):
                     break
                 self._schedule(now)
+                self._predictor.save_if_due(now)
+                timeout = self._timeout()
         finally:
             self._close_blocks()
             self._sandboxes.close()
+            self._predictor.save()
             self._closed.set()
+
+    def _timeout(self) -> float:
+        """How long to wait for an event: until the next tick, or sooner when a running task
+        would outlive its estimate (the scheduler then moves the head's reservation)."""
+        wake = self._scheduler.next_wake
+        if wake is None:
+            return self._tick_interval
+        return min(self._tick_interval, max(wake - time.monotonic(), 0.001))
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -347,6 +367,7 @@ class Engine:
             elif task.node_failure is not None and done.returncode == 0 and not done.error:
                 task.node_failure = None  # it ended well before the kill reached it
         self._scheduler.release(done.task_id)
+        self._learn(task, done)
         block = self._blocks.get(block_id)
         if task.node_failure is not None:
             self._retry_or_fail(task, done, block.job_id if block else "")
@@ -359,6 +380,22 @@ class Engine:
             attempts=task.attempts,
         )
         self._finish(task, result)
+
+    def _learn(self, task: _Task, done: Completion) -> None:
+        """Learn the runtime of a task that ended by itself (not killed, not cancelled, not
+        failed to start, not under a failed node), and tell the scheduler."""
+        if (
+            task.kinds is None
+            or task.node_failure is not None
+            or done.cancelled
+            or done.timed_out
+            or done.hung
+            or done.error
+            or done.started is None
+        ):
+            return
+        for kind, seconds in self._predictor.record(task.kinds, done.ended - done.started):
+            self._scheduler.set_estimate(kind, seconds)
 
     def _fail_node(self, block_id: str, node: str, reason: str) -> None:
         block = self._blocks.get(block_id)

@@ -60,8 +60,21 @@ def clean_base_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith(_OWN_PREFIXES)}
 
 
-def task_request(task: TaskMessage, spec: ResourceSpec, submit_time: float) -> TaskRequest:
-    """The scheduler's view of a task."""
+def task_request(
+    task: TaskMessage,
+    spec: ResourceSpec,
+    submit_time: float,
+    *,
+    estimate: float | None = None,
+    kind: str | None = None,
+) -> TaskRequest:
+    """The scheduler's view of a task.
+
+    Args:
+        estimate: its predicted runtime (see ``mpiengine.predict``), or None: a belief that
+            steers backfill; never a limit (the walltime stays the spec's).
+        kind: the kind it shares learned estimates with, or None.
+    """
     return TaskRequest(
         task_id=task.task_id,
         num_nodes=spec.num_nodes,
@@ -74,6 +87,8 @@ def task_request(task: TaskMessage, spec: ResourceSpec, submit_time: float) -> T
         walltime=spec.walltime,
         priority=spec.priority,
         submit_time=submit_time,
+        estimate=estimate,
+        kind=kind,
     )
 
 
