@@ -1,4 +1,4 @@
-"""Benchmark mpiengine on the real Slurm cluster (ci/slurm-docker: 4 nodes x 4 CPUs).
+"""Benchmark mpiengine on the real Slurm cluster (ci/slurm-docker: 4 nodes x 2 CPUs).
 
 1. Overhead: the same ``true`` step, 1 node and 2 nodes (1 rank a node, whole nodes), run
    ``--repeat`` times (a) as mpiengine tasks, timed from ``submit`` to the result in the SDK,
@@ -38,7 +38,7 @@ def endpoint_config() -> dict[str, object]:
         "provider": "slurm",
         "partition": "debug",
         "nodes_per_block": NODES,
-        "cores_per_node": 4,
+        "cores_per_node": 2,
         "max_blocks": 1,
         "walltime": "00:20:00",
         "poll_interval": 2,
