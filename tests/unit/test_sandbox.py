@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mpiengine.runner import sandbox
 from mpiengine.runner.sandbox import (
+    SandboxRoot,
     create_sandbox,
     remove_sandbox,
     validate_task_id,
@@ -55,14 +57,65 @@ def test_any_accepted_id_is_one_plain_path_component(task_id: str) -> None:
 def test_create_gives_private_fresh_attempt_directories(tmp_path: Path) -> None:
     root = tmp_path / "tasks"
     first = create_sandbox(root, "t1")
-    assert first == (root / "t1" / "attempt-1").resolve()
+    assert first == (root / "t1").resolve()  # the first attempt: the task's own directory
     assert stat.S_IMODE(first.stat().st_mode) == 0o700
-    assert stat.S_IMODE((root / "t1").stat().st_mode) == 0o700
     (first / "stdout").write_text("attempt 1 output")
     second = create_sandbox(root, "t1")
-    assert second.name == "attempt-2" and list(second.iterdir()) == []
+    assert second == first / "attempt-2" and list(second.iterdir()) == []
+    assert stat.S_IMODE(second.stat().st_mode) == 0o700
     assert (first / "stdout").read_text() == "attempt 1 output"  # kept for post-mortems
     assert create_sandbox(root, "t1").name == "attempt-3"
+
+
+def test_a_retry_never_takes_a_name_the_task_wrote(tmp_path: Path) -> None:
+    first = create_sandbox(tmp_path, "t")
+    (first / "attempt-2").mkdir()  # the task's own file, by chance
+    (first / "attempt-2" / "data").write_text("mine")
+    retry = create_sandbox(tmp_path, "t")
+    assert retry.name == "attempt-3" and list(retry.iterdir()) == []
+    assert (first / "attempt-2" / "data").read_text() == "mine"
+
+
+def test_a_directory_left_by_an_earlier_endpoint_makes_the_next_launch_a_retry(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "t").mkdir(mode=0o700)
+    (tmp_path / "t" / "stdout").write_text("before the restart")
+    with SandboxRoot(tmp_path) as sandboxes:
+        again = sandboxes.create("t")
+    assert again == (tmp_path / "t" / "attempt-2").resolve() and list(again.iterdir()) == []
+
+
+def test_a_first_sandbox_is_one_mkdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    for name in ("mkdir", "open", "chmod", "close"):
+        real = getattr(os, name)
+
+        def spy(*args: object, _real=real, _name=name, **kw: object) -> object:
+            calls.append(_name)
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(os, name, spy)
+    with SandboxRoot(tmp_path) as sandboxes:
+        calls.clear()
+        sandboxes.create("t")
+        assert calls == ["mkdir"] if not sandbox._UMASK & 0o700 else ["mkdir", "chmod"]
+
+
+def test_an_unusual_umask_still_gives_owner_only_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "root").mkdir()
+    old = os.umask(0o277)  # no write for the owner: mkdir(0o700) would make 0o500
+    try:
+        assert sandbox._read_umask() == 0o277
+        monkeypatch.setattr(sandbox, "_UMASK", 0o277)
+        first = create_sandbox(tmp_path / "root", "t")
+        second = create_sandbox(tmp_path / "root", "t")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    assert stat.S_IMODE(second.stat().st_mode) == 0o700
 
 
 def test_root_may_be_a_symlink(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 It runs in-process for the embedded endpoint, and inside the block agent on a batch job's lead
 node. Modules, one concept each:
 
-- ``sandbox``: safe task ids, one fresh ``attempt-N`` directory per launch (``SandboxRoot``);
+- ``sandbox``: safe task ids, one fresh directory per launch (the task's, then ``attempt-N``);
 - ``launch``: ``LaunchSpec`` (what to start) and ``Completion`` (how it ended);
 - ``process``: ``TaskRunner``, the event-driven runner thread;
 - ``spawn``: starting one task process (direct fork/exec, Popen fallback) and reaping it;

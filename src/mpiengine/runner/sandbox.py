@@ -1,16 +1,19 @@
-"""Per-task sandbox directories: safe names, one fresh directory per attempt.
+"""Per-task sandbox directories: safe names, one fresh directory per attempt, one mkdir each.
 
 Layout under a sandbox root::
 
-    ROOT/<task_id>/attempt-1/      first launch of the task
+    ROOT/<task_id>/                first launch of the task: the task's own directory
     ROOT/<task_id>/attempt-2/      a retry (the block was lost, the task is re-run)
+    ROOT/<task_id>/attempt-3/      ...
 
-Every launch gets a fresh, empty ``attempt-N`` directory, so a retry never sees (or clobbers) the
-files of an earlier attempt, and the earlier attempt's stdout/stderr stay available for
-post-mortems until ``remove_sandbox`` deletes the whole task directory. Task ids are checked
-before they touch the filesystem, and the directories are checked again after creation (resolve +
-``is_relative_to``, no symlinks), so neither a hostile id nor a planted symlink can point a
-sandbox outside the root.
+The first launch runs in the task directory itself, so a sandbox costs one ``mkdir`` (no
+separate attempt folder until a retry needs one: one directory instead of two, one syscall
+instead of five). A retry gets a fresh, empty ``attempt-N`` inside it, so it never
+sees (or clobbers) the files of an earlier attempt, and the earlier attempts' stdout/stderr
+stay available for post-mortems until ``remove_sandbox`` deletes the whole task directory.
+Task ids are checked before they touch the filesystem; directories are made relative to the
+root's descriptor, and an existing ``<task_id>`` is opened with ``O_NOFOLLOW``, so neither a
+hostile id nor a planted symlink can point a sandbox outside the root.
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ _ATTEMPT = re.compile(r"attempt-([1-9][0-9]*)")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _read_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, which would race
+    with other threads creating files); 0o777 (assume the worst) when it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
+#: Read once: a process sets its umask at start, if ever.
+_UMASK = _read_umask()
+
+
 def validate_task_id(task_id: object) -> str:
     """Check that ``task_id`` is safe to use as a directory name.
 
@@ -66,7 +86,8 @@ def validate_task_id(task_id: object) -> str:
 
 
 def task_dir(root: Path, task_id: str) -> Path:
-    """Return ``root/<task_id>`` (the parent of the attempt directories), after validation.
+    """Return ``root/<task_id>`` (the first attempt's sandbox, and the parent of the later
+    attempts' directories), after validation.
 
     Raises:
         InvalidTaskId: see ``validate_task_id``.
@@ -77,17 +98,18 @@ def task_dir(root: Path, task_id: str) -> Path:
 def create_sandbox(root: Path, task_id: str) -> Path:
     """Create a fresh, empty sandbox for one launch of ``task_id``.
 
-    The first call creates ``root/<task_id>/attempt-1``; later calls (retries) create
-    ``attempt-2``, ``attempt-3``, ... Directories are created with mode 0o700; ``root`` is created
-    if missing (it may itself be a symlink, e.g. to a scratch filesystem). To create many
-    sandboxes under one root, keep a ``SandboxRoot`` instead: it resolves the root once.
+    The first call creates ``root/<task_id>``; later calls (retries) create
+    ``root/<task_id>/attempt-2``, ``attempt-3``, ... Directories are created with mode 0o700;
+    ``root`` is created if missing (it may itself be a symlink, e.g. to a scratch filesystem).
+    To create many sandboxes under one root, keep a ``SandboxRoot`` instead: it resolves the
+    root once.
 
     Args:
         root: the sandbox root.
         task_id: the task's id.
 
     Returns:
-        The new attempt directory (an absolute, resolved path).
+        The new, empty sandbox directory (an absolute, resolved path).
 
     Raises:
         InvalidTaskId: the id is not a safe name.
@@ -146,10 +168,11 @@ class SandboxRoot:
             os.close(fd)
 
     def create(self, task_id: str) -> Path:
-        """Create ``<root>/<task_id>/attempt-N`` as ``create_sandbox`` does.
+        """Create the next sandbox of ``task_id`` as ``create_sandbox`` does.
 
         Returns:
-            The new attempt directory (absolute; under the root as resolved at creation).
+            ``<root>/<task_id>`` for the first attempt, ``<root>/<task_id>/attempt-N`` for
+            a retry (absolute; under the root as resolved at creation).
 
         Raises:
             InvalidTaskId, FileExistsError, OSError: as ``create_sandbox``.
@@ -163,15 +186,25 @@ class SandboxRoot:
                 if self._fd == fd and fd >= 0:
                     self.path = self._open()
             name = self._create_in(self._fd, task_id)
+        if name is None:
+            return Path(f"{self._prefix}/{task_id}")
         return Path(f"{self._prefix}/{task_id}/{name}")
 
-    def _create_in(self, root_fd: int, task_id: str) -> str:
+    def _create_in(self, root_fd: int, task_id: str) -> str | None:
+        """Make the next sandbox: None for the task directory itself (a first attempt),
+        else the name of the new attempt directory in it."""
         if root_fd < 0:
             raise ValueError("the sandbox root is closed")
         try:
             os.mkdir(task_id, 0o700, dir_fd=root_fd)
         except FileExistsError:
             pass
+        else:
+            # A new directory (mkdir never follows a symlink); the usual umask leaves 0o700
+            # as it is, so the chmod is rarely needed.
+            if _UMASK & 0o700:
+                os.chmod(task_id, 0o700, dir_fd=root_fd)
+            return None
         try:
             tdir = os.open(task_id, _DIR_FLAGS, dir_fd=root_fd)
         except OSError as exc:
@@ -189,8 +222,9 @@ class SandboxRoot:
 
 
 def _new_attempt(tdir: int) -> str:
-    """Create the next ``attempt-N`` in the task directory open as ``tdir``; its name."""
-    attempt = 1
+    """Create the next ``attempt-N`` (N >= 2: the task directory itself was the first) in the
+    task directory open as ``tdir``; its name."""
+    attempt = 2
     while True:
         name = f"attempt-{attempt}"
         try:

@@ -119,12 +119,27 @@ def reap(pid: int, block: bool = True) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
+#: Encoded ``NAME=value`` entries by (name, value): most of every task's environment is the
+#: endpoint's own, the same for each task. Bounded: emptied when full.
+_ENCODED: dict[tuple[str, str], bytes] = {}
+_ENCODED_MAX = 8192
+
+
 def _env_list(env: Mapping[str, str]) -> list[bytes]:
-    """``NAME=value`` entries encoded as ``os.fsencode`` does, one C call each."""
-    for key in env:
-        if "=" in key:
-            raise ValueError(f"illegal environment variable name {key!r}")
-    return [f"{k}={v}".encode(_FS_ENCODING, _FS_ERRORS) for k, v in env.items()]
+    """``NAME=value`` entries encoded as ``os.fsencode`` does (half the time, cached)."""
+    cache = _ENCODED
+    if len(cache) > _ENCODED_MAX:
+        cache.clear()
+    out = []
+    for item in env.items():
+        entry = cache.get(item)
+        if entry is None:
+            name, value = item
+            if "=" in name:
+                raise ValueError(f"illegal environment variable name {name!r}")
+            entry = cache[item] = f"{name}={value}".encode(_FS_ENCODING, _FS_ERRORS)
+        out.append(entry)
+    return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -29,6 +29,9 @@ def tail(path: str | os.PathLike[str], lines: int, max_bytes: int = DEFAULT_TAIL
     if lines <= 0 or max_bytes <= 0:
         return ""
     try:
+        # One stat for the common case of a quiet task (stderr, mostly): no open, no close.
+        if os.stat(path).st_size == 0:
+            return ""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return ""
