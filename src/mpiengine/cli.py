@@ -10,7 +10,7 @@ import click
 from mpiengine.agent.cli import agent
 from mpiengine.cli_remote import endpoint, relay
 from mpiengine.cli_sites import sites
-from mpiengine_sdk.errors import MPIEngineError
+from mpiengine_sdk.errors import MPIEngineError, TaskTooLarge
 
 __all__ = ["main"]
 
@@ -69,6 +69,13 @@ def run(
         fn = (MPIFunction if use_mpi else ShellFunction)(list(command))
         with Executor(nodes=virtual_nodes, workdir=workdir) as ex:
             result = ex.submit(fn, resource_spec=spec).result()
+    except TaskTooLarge as exc:
+        # The endpoint's own message names the batch knob (nodes_per_block); here the
+        # embedded endpoint's size is --virtual-nodes.
+        raise click.ClickException(
+            f"task needs {exc.requested}, but the largest block is {exc.largest}; ask for "
+            "fewer nodes/cores/GPUs or run it on more virtual nodes (--virtual-nodes N)"
+        ) from exc
     except MPIEngineError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"task      {result.task_id}")

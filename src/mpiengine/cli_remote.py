@@ -85,6 +85,13 @@ def configure(name: str, **kw: Any) -> None:
             engine_options = site_engine_options(site, sets)
             kw["engine"] = "batch"
         engine_options.update(_parse_options(kw.pop("options")))
+        config_path = engine_options.get("config")
+        if config_path is not None and not Path(str(config_path)).expanduser().is_file():
+            raise click.BadParameter(
+                f"config={config_path}: no such file; give the path of an endpoint config "
+                "file (YAML) that exists on this host",
+                param_hint="--option",
+            )
         for key in ("nodes", "cores_per_node"):
             if kw.get(key) is not None:
                 engine_options[key] = kw[key]

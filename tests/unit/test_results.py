@@ -282,6 +282,7 @@ SAMPLES: dict[str, MPIEngineError] = {
     "MPIEngineError": MPIEngineError("something broke"),
     "SpecError": SpecError("num_ranks", 5, "a multiple of num_nodes=2"),
     "TemplateError": errors.TemplateError("no value for placeholder(s) ['a']"),
+    "ArgumentError": errors.ArgumentError("f(x) cannot be called with these arguments: ..."),
     "SerializationError": SerializationError("cannot serialise"),
     "SubmitError": errors.SubmitError("refused"),
     "TaskTooLarge": TaskTooLarge("5 nodes x 4 cores", "4 nodes x 64 cores"),
@@ -301,6 +302,7 @@ SAMPLES: dict[str, MPIEngineError] = {
     "TaskCancelled": TaskCancelled("cancelled at submit"),
     "BlockLost": BlockLost("block gone"),
     "NodeFailed": errors.NodeFailed("node n2 of block b1 (batch job 7) failed: down"),
+    "DependencyFailed": errors.DependencyFailed("dependency t1 did not succeed (it was cancelled)"),
     "RemoteExecutionError": RemoteExecutionError("ValueError", "bad", "Traceback..."),
 }
 

@@ -5,11 +5,13 @@
 """
 
 from mpiengine_sdk.errors import (
+    ArgumentError,
     AuthenticationError,
     AuthorizationError,
     BackendError,
     BlockLost,
     ConfigError,
+    DependencyFailed,
     ExecutorShutdown,
     InvalidTaskId,
     MPIEngineError,
@@ -39,11 +41,13 @@ from mpiengine_sdk.states import TaskState
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
     "AuthenticationError",
     "AuthorizationError",
     "BackendError",
     "BlockLost",
     "ConfigError",
+    "DependencyFailed",
     "Executor",
     "ExecutorShutdown",
     "InvalidTaskId",

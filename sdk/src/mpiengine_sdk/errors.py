@@ -4,6 +4,7 @@
 MPIEngineError                      base of everything below
 ├── SpecError                       a ResourceSpec field is wrong (field, value, allowed)
 ├── TemplateError                   a ShellFunction template is broken or misses a value
+├── ArgumentError                   a Python task's arguments do not fit its function's signature
 ├── SerializationError              a function or argument cannot be serialised (dill)
 ├── SubmitError                     the endpoint refused a task at submit
 │   ├── TaskTooLarge                no block can ever hold the task
@@ -23,6 +24,7 @@ MPIEngineError                      base of everything below
     ├── TaskCancelled               cancelled before or while running
     ├── BlockLost                   the block running it vanished and retries ran out
     ├── NodeFailed                  a node under it failed (down, drained) and retries ran out
+    ├── DependencyFailed            a task it depends on (a TaskFuture argument) did not succeed
     └── RemoteExecutionError        a Python task raised; carries the remote traceback
 ```
 
@@ -35,11 +37,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "ArgumentError",
     "AuthenticationError",
     "AuthorizationError",
     "BackendError",
     "BlockLost",
     "ConfigError",
+    "DependencyFailed",
     "ExecutorShutdown",
     "InvalidTaskId",
     "MPIEngineError",
@@ -109,6 +113,10 @@ class SpecError(MPIEngineError, ValueError):
 
 class TemplateError(MPIEngineError, ValueError):
     """A ShellFunction command template is malformed or a placeholder has no value."""
+
+
+class ArgumentError(MPIEngineError, TypeError):
+    """A Python task's arguments do not fit its function's signature (checked at submit)."""
 
 
 class SerializationError(MPIEngineError, TypeError):
@@ -335,6 +343,36 @@ class NodeFailed(TaskError):
         self.block_id = block_id
         self.job_id = job_id
         self.nodes = tuple(nodes)
+        super().__init__(
+            message, task_id=task_id, returncode=returncode, stdout=stdout, stderr=stderr
+        )
+
+
+class DependencyFailed(TaskError):
+    """A task this one depends on (a TaskFuture among its arguments) did not succeed.
+
+    The dependent task was never sent to the endpoint. Its ``__cause__`` is the dependency's
+    own error.
+
+    Attributes:
+        dependency: the task id of the dependency that did not succeed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dependency: str = "",
+        task_id: str = "",
+        returncode: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self._remember(
+            message, dependency=dependency, task_id=task_id, returncode=returncode,
+            stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+        self.dependency = dependency
         super().__init__(
             message, task_id=task_id, returncode=returncode, stdout=stdout, stderr=stderr
         )

@@ -5,15 +5,19 @@
 - :class:`MPIPythonFunction`: a Python callable run on every rank with an mpi4py communicator.
 - :func:`python_task`: a plain Python callable, run once in its own process.
 
-A command is either an argv list (executed directly, no shell; ``{name}`` placeholders in an
-element are filled verbatim and the element stays one argument) or a template string (rendered
-with shell-quoted values by :mod:`mpiengine_sdk.template` and run as ``bash -c``). Commands
+A command is either an argv list (executed directly, no shell; its elements are used exactly as
+given, so braces in them are literal text and it takes no keyword values) or a template string
+(``{name}`` placeholders rendered with shell-quoted values by :mod:`mpiengine_sdk.template` and
+run as ``bash -c``), e.g. ``MPIFunction("./solver --steps {steps}")`` submitted with
+``steps=100``. Commands
 travel as data, never pickled, so the relay and an endpoint's allowed-functions list can read
 them. Python callables travel as dill bytes of ``(fn, args, kwargs)``.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ from typing import Any, ClassVar
 
 import dill
 
-from mpiengine_sdk.errors import SerializationError, SpecError, TemplateError
+from mpiengine_sdk.errors import ArgumentError, SerializationError, SpecError, TemplateError
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.template import check_template, render
 from mpiengine_sdk.wire import TaskKind, TaskMessage
@@ -149,7 +153,9 @@ class MPIFunction(ShellFunction):
     """A command run under the site's launcher (srun, mpiexec, ...) on every rank.
 
     The launcher, its node list and rank counts come from the task's ResourceSpec; the command
-    itself is the program, e.g. ``MPIFunction(["./solver", "--steps", "{steps}"])``.
+    itself is the program: a template string, e.g. ``MPIFunction("./solver --steps {steps}")``
+    submitted with ``steps=100``, or an argv list used exactly as given, e.g.
+    ``MPIFunction(["./solver", "--steps", "100"])`` (its braces are literal, not placeholders).
     """
 
     kind: ClassVar[TaskKind] = TaskKind.MPI
@@ -205,9 +211,11 @@ class MPIPythonFunction:
         """Serialise ``(fn, args, kwargs)`` into a task for ``spec``.
 
         Raises:
+            ArgumentError: the arguments do not fit ``fn(comm, *args, **kwargs)``.
             SerializationError: dill cannot serialise the function or its arguments.
             SpecError: ``spec`` is not a ResourceSpec.
         """
+        check_arguments(self.fn, (None, *args), kwargs, self.name, leading="comm")
         return TaskMessage(
             task_id=task_id,
             kind=self.kind,
@@ -236,12 +244,14 @@ def python_task(
 
     Raises:
         TypeError: ``fn`` is not callable.
+        ArgumentError: the arguments do not fit ``fn``'s signature.
         SerializationError: dill cannot serialise the function or its arguments.
         SpecError: ``spec`` is not a ResourceSpec.
     """
     if not callable(fn):
         raise TypeError(f"a Python task needs a callable, not {type(fn).__name__}")
     name = _callable_name(fn)
+    check_arguments(fn, args, kwargs, name)
     return TaskMessage(
         task_id=task_id,
         kind=TaskKind.PYTHON,
@@ -250,6 +260,56 @@ def python_task(
         name=name,
         retries=spec.retries,
     )
+
+
+#: Keyword options of ``Executor.submit`` itself; a near miss among a function's keyword
+#: arguments is most likely a typo of one of these.
+SUBMIT_OPTIONS = ("resource_spec", "task_id")
+
+
+def check_arguments(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    name: str,
+    *,
+    leading: str = "",
+) -> None:
+    """Check that ``fn(*args, **kwargs)`` binds to ``fn``'s signature, here and not remotely.
+
+    Args:
+        fn: the callable.
+        args: the positional arguments (for an MPI Python function, a placeholder for ``comm``
+            first).
+        kwargs: the keyword arguments.
+        name: the task's name, for the message.
+        leading: the name of an argument the endpoint supplies (``comm``), for the message.
+
+    Raises:
+        ArgumentError: the arguments do not bind; the message names the function's signature
+            and, for an unexpected keyword close to a submit option or a parameter, the
+            likely intended name.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins and some C callables have no signature to check against
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        supplied = f" (the endpoint passes {leading} first)" if leading else ""
+        hint = ""
+        unknown = [k for k in kwargs if k not in signature.parameters]
+        for key in unknown:
+            options = [*SUBMIT_OPTIONS, *signature.parameters]
+            close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+            if close and close[0] in SUBMIT_OPTIONS:
+                hint += f"; did you mean {close[0]}=, the submit option, for {key}=?"
+            elif close:
+                hint += f"; did you mean {close[0]}= for {key}=?"
+        raise ArgumentError(
+            f"{name}{signature}{supplied} cannot be called with these arguments: {exc}{hint}"
+        ) from exc
 
 
 def _dump(

@@ -13,6 +13,7 @@ format spec applied before quoting could reintroduce shell syntax.
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import string
 from collections.abc import Collection, Iterator, Mapping
@@ -155,17 +156,30 @@ def check_values(names: frozenset[str], values: Mapping[str, object]) -> None:
         TemplateError: a placeholder has no value, or a value has no placeholder.
     """
     missing = sorted(names - set(values))
+    extra = sorted(str(key) for key in values if key not in names)
     if missing:
-        raise TemplateError(
+        text = (
             f"no value for placeholder(s) {missing}; pass them as keyword arguments "
             f"(the template uses {sorted(names)})"
         )
-    extra = sorted(str(key) for key in values if key not in names)
+        if extra:
+            text += f"; value(s) {extra} are not used by the template{_did_you_mean(extra, names)}"
+        raise TemplateError(text)
     if extra:
         raise TemplateError(
-            f"value(s) {extra} are not used by the template (it uses {sorted(names)}); "
-            "remove them or add the placeholders"
+            f"value(s) {extra} are not used by the template (it uses {sorted(names)})"
+            f"{_did_you_mean(extra, names)}; remove them or add the placeholders"
         )
+
+
+def _did_you_mean(extra: list[str], names: frozenset[str]) -> str:
+    """``; did you mean {name} for nmae?`` for each unused value close to a placeholder."""
+    hints = []
+    for key in extra:
+        close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{{{close[0]}}} for {key!r}")
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 def _substitute(name: str, value: object, *, quote: bool) -> str:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PythonOutcome", "read_python_outcome"]
+__all__ = ["MAX_RESULT_BYTES", "PythonOutcome", "read_python_outcome"]
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,33 @@ class PythonOutcome:
         return self.value is not None
 
 
-def read_python_outcome(sandbox: Path) -> PythonOutcome:
+#: The largest result (dill bytes) read back: the relay's default payload limit. A larger value
+#: would be refused on its way to the user anyway, after costing the endpoint its memory.
+MAX_RESULT_BYTES = 100 * 1024 * 1024
+
+
+def read_python_outcome(sandbox: Path, max_bytes: int = MAX_RESULT_BYTES) -> PythonOutcome:
     """Read ``value.dill``, or ``error.json`` and ``error.dill``, from ``sandbox``.
 
     A value wins over an error record. An unreadable or malformed ``error.json`` yields
-    ``error_type`` "" and a message saying so.
+    ``error_type`` "" and a message saying so. A value or error larger than ``max_bytes`` is
+    not read: the outcome is a ``TaskFailed`` error record saying so.
     """
+    for name in ("value.dill", "error.dill"):
+        try:
+            size = (sandbox / name).stat().st_size
+        except FileNotFoundError:
+            continue
+        if size > max_bytes:
+            return PythonOutcome(
+                value=None,
+                error_type="TaskFailed",
+                error_message=(
+                    f"the task's result ({name}) is {size} bytes, over the payload limit of "
+                    f"{max_bytes} bytes; return a smaller value, or write the data to a file "
+                    "and return its path"
+                ),
+            )
     try:
         return PythonOutcome(value=(sandbox / "value.dill").read_bytes())
     except FileNotFoundError:
