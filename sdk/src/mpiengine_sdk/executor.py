@@ -13,14 +13,20 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mpiengine_sdk import deps
 from mpiengine_sdk.backend import Backend
-from mpiengine_sdk.errors import BackendError, ExecutorShutdown, SubmitError
-from mpiengine_sdk.functions import MPIPythonFunction, ShellFunction, python_task
+from mpiengine_sdk.errors import BackendError, DependencyFailed, ExecutorShutdown, SubmitError
+from mpiengine_sdk.functions import (
+    MPIPythonFunction,
+    ShellFunction,
+    check_arguments,
+    python_task,
+)
 from mpiengine_sdk.future import TaskFuture
 from mpiengine_sdk.results import unpack_result
 from mpiengine_sdk.spec import ResourceSpec, coerce_spec
 from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage, TaskMessage
+from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage
 
 __all__ = ["Executor"]
 
@@ -85,6 +91,8 @@ class Executor(concurrent.futures.Executor):
         self.endpoint_id = endpoint_id
         self._lock = threading.Lock()
         self._futures: dict[str, TaskFuture] = {}
+        # Tasks held in this client until their dependencies resolve (see _submit_after).
+        self._waiting: set[str] = set()
         self._shutdown = False
         self._backend.start(self._on_result)
 
@@ -129,21 +137,82 @@ class Executor(concurrent.futures.Executor):
             SpecError, TemplateError, SerializationError: the task is malformed.
             SubmitError: the endpoint refused it (TaskTooLarge, InvalidTaskId, ...).
             ExecutorShutdown: after shutdown().
+
+        A TaskFuture among the arguments (or template values) makes the task wait for it and
+        receive its result (see :mod:`mpiengine_sdk.deps`); the future then fails with
+        DependencyFailed when a dependency does not succeed.
         """
+        dependencies = deps.futures_in(args, kwargs)
+        if dependencies:
+            return self._submit_after(dependencies, fn, args, kwargs, resource_spec, task_id)
         task = self.prepare(fn, args, kwargs, resource_spec=resource_spec, task_id=task_id)
         future = TaskFuture(task.task_id, task.kind, self._cancel)
-        with self._lock:
-            if self._shutdown:
-                raise ExecutorShutdown("cannot submit: the executor is shut down")
-            if task.task_id in self._futures:
-                raise SubmitError(f"task id {task.task_id!r} is already in use by this executor")
-            self._futures[task.task_id] = future
+        self._register(future)
         try:
             self._backend.submit([task])
         except BaseException:
             with self._lock:
                 self._futures.pop(task.task_id, None)
             raise
+        return future
+
+    def _register(self, future: TaskFuture) -> None:
+        with self._lock:
+            if self._shutdown:
+                raise ExecutorShutdown("cannot submit: the executor is shut down")
+            if future.task_id in self._futures:
+                raise SubmitError(f"task id {future.task_id!r} is already in use by this executor")
+            self._futures[future.task_id] = future
+
+    def _submit_after(
+        self,
+        dependencies: list[TaskFuture],
+        fn: Submittable,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        resource_spec: SpecLike,
+        task_id: str | None,
+    ) -> TaskFuture:
+        """Check the task now (futures standing in as placeholder values), hold it in this
+        client until its dependencies resolve, then send it with their values."""
+        tid = task_id if task_id is not None else uuid.uuid4().hex
+        template = isinstance(fn, ShellFunction)
+        check_args, check_kwargs = deps.stand_in(args, kwargs)
+        if template or not isinstance(fn, MPIPythonFunction) and not callable(fn):
+            kind = self.prepare(fn, check_args, check_kwargs, resource_spec=resource_spec).kind
+        elif isinstance(fn, MPIPythonFunction):
+            check_arguments(fn.fn, (None, *check_args), check_kwargs, fn.name, leading="comm")
+            kind = fn.kind
+        else:
+            check_arguments(fn, check_args, check_kwargs, getattr(fn, "__name__", repr(fn)))
+            kind = TaskKind.PYTHON
+        self._merged(resource_spec)  # a bad spec fails now, not when the dependencies resolve
+        future = TaskFuture(tid, kind, self._cancel)
+        self._register(future)
+        with self._lock:
+            self._waiting.add(tid)
+
+        def ready() -> None:
+            with self._lock:
+                if tid not in self._waiting:
+                    return  # cancelled while waiting
+                self._waiting.discard(tid)
+            try:
+                values, named = deps.resolve(args, kwargs, template=template)
+                task = self.prepare(fn, values, named, resource_spec=resource_spec, task_id=tid)
+                self._backend.submit([task])
+            except BaseException as exc:
+                with self._lock:
+                    self._futures.pop(tid, None)
+                _settle(future, exc=exc)
+
+        def failed(error: DependencyFailed) -> None:
+            with self._lock:
+                self._waiting.discard(tid)
+                self._futures.pop(tid, None)
+            _settle(future, exc=error)
+
+        deps.when_ready(dependencies, tid, ready, failed)
         return future
 
     def prepare(
@@ -203,6 +272,11 @@ class Executor(concurrent.futures.Executor):
             _settle(future, value=value)
 
     def _cancel(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self._waiting:  # never sent: nothing to cancel on the endpoint
+                self._waiting.discard(task_id)
+                self._futures.pop(task_id, None)
+                return
         self._backend.cancel(task_id)
 
     def outstanding(self) -> list[TaskFuture]:
