@@ -54,6 +54,7 @@ def run(
     """
     from mpiengine_sdk.executor import Executor
     from mpiengine_sdk.functions import MPIFunction, ShellFunction
+    from mpiengine_sdk.progressbar import progress
     from mpiengine_sdk.spec import ResourceSpec
 
     try:
@@ -68,7 +69,10 @@ def run(
         use_mpi = mpi if mpi is not None else spec.num_ranks > 1
         fn = (MPIFunction if use_mpi else ShellFunction)(list(command))
         with Executor(nodes=virtual_nodes, workdir=workdir) as ex:
-            result = ex.submit(fn, resource_spec=spec).result()
+            future = ex.submit(fn, resource_spec=spec)
+            for _ in progress([future], desc="mpiengine run"):  # a live line on a terminal only
+                pass
+            result = future.result()
     except TaskTooLarge as exc:
         # The endpoint's own message names the batch knob (nodes_per_block); here the
         # embedded endpoint's size is --virtual-nodes.

@@ -34,6 +34,7 @@ from mpiengine_sdk.errors import (
 from mpiengine_sdk.executor import Executor
 from mpiengine_sdk.functions import MPIFunction, MPIPythonFunction, ShellFunction
 from mpiengine_sdk.future import TaskFuture
+from mpiengine_sdk.progressbar import progress
 from mpiengine_sdk.results import MPIResult, ShellResult
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.states import TaskState
@@ -75,4 +76,5 @@ __all__ = [
     "TaskTimeout",
     "TaskTooLarge",
     "TemplateError",
+    "progress",
 ]
