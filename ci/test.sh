@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
-python3 -m pip install -q --disable-pip-version-check -e ./sdk -e '.[mpi,providers,test,bench,postgres]'
+python3 -m pip install -q --disable-pip-version-check -e ./sdk -e '.[mpi,providers,test,bench,postgres,multiuser]'
 
 bash ci/rabbitmq.sh
 bash ci/postgres.sh
+bash ci/users.sh
 if [ -f ci/slurm-docker/start.sh ]; then
     trap 'bash "$REPO/ci/slurm-docker/stop.sh" || true' EXIT
     bash ci/slurm-docker/start.sh

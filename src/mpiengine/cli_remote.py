@@ -68,6 +68,12 @@ def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--prefetch", type=int, default=None, help="Task batches held at once.")
 @click.option("--heartbeat-period", type=float, default=None)
 @click.option("--stop-grace", type=float, default=None)
+@click.option(
+    "--multi-user",
+    is_flag=True,
+    help="A manager endpoint (run as root): each principal's tasks run as its mapped local "
+    "user, from the admin's files in the endpoint's folder (README: multi-user endpoints).",
+)
 def configure(name: str, **kw: Any) -> None:
     """Create or update endpoint NAME's config."""
     from mpiengine.service.config import EndpointPaths, ServiceConfig, load_service_config
@@ -84,6 +90,10 @@ def configure(name: str, **kw: Any) -> None:
 
             engine_options = site_engine_options(site, sets)
             kw["engine"] = "batch"
+        if kw.pop("multi_user"):
+            from mpiengine.multiuser.manager import MANAGER_ENGINE
+
+            kw["engine"] = MANAGER_ENGINE
         engine_options.update(_parse_options(kw.pop("options")))
         config_path = engine_options.get("config")
         if config_path is not None and not Path(str(config_path)).expanduser().is_file():
@@ -191,6 +201,29 @@ def delete(name: str, force: bool) -> None:
     with _errors():
         delete_endpoint(name, force=force)
     click.echo(f"endpoint {name} deleted")
+
+
+@endpoint.command("render-config")
+@click.argument("name")
+@click.option(
+    "--vars",
+    "vars_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A JSON file of user variables.",
+)
+@click.option("--principal", required=True, help="The relay principal to render for.")
+def render_config(name: str, vars_file: Path, principal: str) -> None:
+    """Render multi-user endpoint NAME's user config template offline: the schema check, the
+    identity mapping and the template, exactly as a submit from PRINCIPAL would."""
+    from mpiengine.multiuser.manager import render_offline
+
+    with _errors():
+        try:
+            variables = json.loads(vars_file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--vars") from exc
+        click.echo(yaml.safe_dump(render_offline(name, principal, variables), sort_keys=False))
 
 
 def _main() -> Callable[[], None]:

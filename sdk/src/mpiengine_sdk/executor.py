@@ -7,6 +7,7 @@ nodes); with ``endpoint_id`` and ``relay`` it submits through the relay. The API
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import importlib
 import threading
 import uuid
@@ -63,6 +64,10 @@ class Executor(concurrent.futures.Executor):
         resource_spec: the default ResourceSpec (or dict) for every submit; a submit's own
             ``resource_spec=`` is merged over it.
         backend: an explicit Backend (tests, custom transports); overrides the two above.
+        user_config: user variables for a multi-user endpoint (e.g. ``{"account": ...,
+            "queue": ...}``), sent with every task; the endpoint validates them against its
+            admin's schema and refuses a task whose variables fail it (ConfigError naming
+            the variable and the rule).
         **options: passed to the backend: for the embedded endpoint ``nodes``,
             ``cores_per_node``, ``gpus_per_node``, ``workdir``...; for remote mode the
             credentials.
@@ -78,9 +83,11 @@ class Executor(concurrent.futures.Executor):
         relay: str | None = None,
         resource_spec: SpecLike = None,
         backend: Backend | None = None,
+        user_config: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         self._default_spec = coerce_spec(resource_spec) or ResourceSpec()
+        self._user_config = dict(user_config or {})
         self._last_merge: tuple[ResourceSpec, ResourceSpec, ResourceSpec] | None = None
         if backend is None:
             if endpoint_id is None:
@@ -228,13 +235,17 @@ class Executor(concurrent.futures.Executor):
         spec = self._merged(resource_spec)
         tid = task_id if task_id is not None else uuid.uuid4().hex
         if isinstance(fn, ShellFunction | MPIPythonFunction):
-            return fn.to_task(tid, tuple(args), dict(kwargs), spec)
-        if not callable(fn):
+            task = fn.to_task(tid, tuple(args), dict(kwargs), spec)
+        elif not callable(fn):
             raise TypeError(
                 f"cannot submit {fn!r}: expected a ShellFunction, MPIFunction, "
                 "MPIPythonFunction or a Python callable"
             )
-        return python_task(fn, tuple(args), dict(kwargs), tid, spec)
+        else:
+            task = python_task(fn, tuple(args), dict(kwargs), tid, spec)
+        if self._user_config:
+            task = dataclasses.replace(task, user_config=self._user_config)
+        return task
 
     def _merged(self, resource_spec: SpecLike) -> ResourceSpec:
         """The default spec merged with ``resource_spec``; remembered for the last

@@ -69,6 +69,8 @@ class TaskMessage:
         snippet_lines: how many trailing lines of stdout/stderr to return.
         return_all: MPI_PYTHON: return every rank's value as a list instead of rank 0's.
         retries: how many times the task may be re-run when its block is lost.
+        user_config: user variables for a multi-user endpoint's config template (validated
+            there against the admin's schema); empty elsewhere.
         user: the submitting identity (set by the relay; empty on the embedded endpoint).
     """
 
@@ -82,6 +84,7 @@ class TaskMessage:
     snippet_lines: int = 1000
     return_all: bool = False
     retries: int = 0
+    user_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     user: str = ""
 
 
