@@ -98,12 +98,19 @@ def run(
 @main.command()
 @click.option("--nodes", type=int, default=4, show_default=True, help="Virtual nodes.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
-def demo(nodes: int, workdir: Path | None) -> None:
-    """Run a small mixed ensemble on the embedded endpoint and show a table."""
+@click.option(
+    "-o",
+    "--picture",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the timeline goes (.png, .html or .csv); default ./mpiengine-demo.png.",
+)
+def demo(nodes: int, workdir: Path | None, picture: Path | None) -> None:
+    """Run a small mixed ensemble on the embedded endpoint, show a table, draw the timeline."""
     from mpiengine.demo import run_demo
 
     try:
-        run_demo(nodes=nodes, workdir=workdir, echo=click.echo)
+        run_demo(nodes=nodes, workdir=workdir, echo=click.echo, picture=picture)
     except MPIEngineError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpiengine_sdk.errors import ConfigError
 from mpiengine_sdk.executor import Executor
 from mpiengine_sdk.functions import MPIFunction, MPIPythonFunction, ShellFunction
 from mpiengine_sdk.future import TaskFuture
 from mpiengine_sdk.results import ShellResult
 from mpiengine_sdk.spec import ResourceSpec
+from mpiengine_sdk.timeline import Timeline
 
-__all__ = ["DemoRow", "allreduce_ranks", "run_demo"]
+__all__ = ["DemoRow", "allreduce_ranks", "run_demo", "write_timeline"]
 
 # One write(2) per rank, so hydra never interleaves two ranks' lines.
 _MPI_HELLO = (
@@ -93,9 +95,22 @@ def _row(label: str, future: TaskFuture) -> DemoRow:
 
 
 def run_demo(
-    *, nodes: int = 4, workdir: Path | None = None, echo: Callable[[str], None] = print
+    *,
+    nodes: int = 4,
+    workdir: Path | None = None,
+    echo: Callable[[str], None] = print,
+    picture: Path | None = None,
 ) -> list[DemoRow]:
-    """Run the demo ensemble and print progress, a table and the utilisation.
+    """Run the demo ensemble and print progress, a table and the utilisation, then draw where
+    each task ran.
+
+    Args:
+        nodes: virtual nodes of the embedded endpoint.
+        workdir: the endpoint's work folder (sandboxes); None: a new one.
+        echo: prints a line.
+        picture: where the timeline goes: a .png (needs matplotlib, the SDK's ``timeline``
+            extra), .html or .csv; None: ``mpiengine-demo.png`` in the current folder
+            (``.html`` when matplotlib is missing).
 
     Returns:
         The table rows, in submission order.
@@ -114,11 +129,41 @@ def run_demo(
                 f"{running} running, {len(pending) - running} waiting"
             )
         rows = [_row(label, f) for label, f in jobs]
+        records = ex.timeline()
     _table(rows, echo)
     makespan = max(time.time() - began, 1e-9)
     busy = sum(r.nodes * r.seconds for r in rows)
     echo(f"makespan {makespan:.2f} s, utilisation {busy / (nodes * makespan):.0%} of {nodes} nodes")
+    written = write_timeline(records, picture)
+    echo(f"timeline of where each task ran: {written.resolve()}")
     return rows
+
+
+def write_timeline(records: Timeline, path: Path | None) -> Path:
+    """Write ``records`` by the suffix of ``path`` (.png, .html or .csv).
+
+    With no path: ``mpiengine-demo.png``, or ``mpiengine-demo.html`` when matplotlib is
+    missing.
+
+    Raises:
+        ConfigError: the suffix is none of the three.
+        ImportError: a .png was asked for and matplotlib is missing.
+    """
+    if path is None:
+        try:
+            return records.to_png(Path("mpiengine-demo.png"), title="mpiengine demo")
+        except ImportError:
+            path = Path("mpiengine-demo.html")
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return records.to_png(path, title="mpiengine demo")
+    if suffix == ".html":
+        records.to_html(path)
+        return path
+    if suffix == ".csv":
+        records.to_csv(path)
+        return path
+    raise ConfigError("picture", f"{str(path)!r} has no known suffix", ".png, .html or .csv")
 
 
 def _table(rows: list[DemoRow], echo: Callable[[str], None]) -> None:

@@ -27,6 +27,7 @@ from mpiengine_sdk.future import TaskFuture
 from mpiengine_sdk.results import unpack_result
 from mpiengine_sdk.spec import ResourceSpec, coerce_spec
 from mpiengine_sdk.states import TaskState
+from mpiengine_sdk.timeline import Timeline, TimelineRecorder
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage
 
 __all__ = ["Executor"]
@@ -100,6 +101,7 @@ class Executor(concurrent.futures.Executor):
         self._futures: dict[str, TaskFuture] = {}
         # Tasks held in this client until their dependencies resolve (see _submit_after).
         self._waiting: set[str] = set()
+        self._timeline = TimelineRecorder()
         self._shutdown = False
         self._backend.start(self._on_result)
 
@@ -155,6 +157,7 @@ class Executor(concurrent.futures.Executor):
         task = self.prepare(fn, args, kwargs, resource_spec=resource_spec, task_id=task_id)
         future = TaskFuture(task.task_id, task.kind, self._cancel)
         self._register(future)
+        self._timeline.submitted(task)
         try:
             self._backend.submit([task])
         except BaseException:
@@ -207,6 +210,7 @@ class Executor(concurrent.futures.Executor):
             try:
                 values, named = deps.resolve(args, kwargs, template=template)
                 task = self.prepare(fn, values, named, resource_spec=resource_spec, task_id=tid)
+                self._timeline.submitted(task)
                 self._backend.submit([task])
             except BaseException as exc:
                 with self._lock:
@@ -269,6 +273,8 @@ class Executor(concurrent.futures.Executor):
                 del self._futures[msg.task_id]
         if future is None or future.done():
             return  # unknown or duplicate delivery: one result per task id reaches the user
+        if msg.state.terminal:
+            self._timeline.finished(msg)
         if msg.state is TaskState.RUNNING:
             future.mark_running()
             return
@@ -289,6 +295,11 @@ class Executor(concurrent.futures.Executor):
                 self._futures.pop(task_id, None)
                 return
         self._backend.cancel(task_id)
+
+    def timeline(self) -> Timeline:
+        """Where and when each finished task of this executor ran (see
+        :mod:`mpiengine_sdk.timeline`): records with ``to_csv``, ``to_html`` and ``to_png``."""
+        return self._timeline.timeline()
 
     def outstanding(self) -> list[TaskFuture]:
         """Futures not yet resolved, in submission order."""

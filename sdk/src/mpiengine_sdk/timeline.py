@@ -1,0 +1,246 @@
+"""Where and when each task ran: timeline records, as CSV, HTML or a Gantt chart of nodes.
+
+The records come from the results themselves (nodes, block, start and end) and from what the
+client knows at submit (the time it was queued, the cores and GPUs it asked for), so they need
+no query to the endpoint. The chart (``to_png``) draws one row per node, grouped by block with
+a line between blocks, and one bar per task on each of its nodes, coloured by final state; it
+needs matplotlib (``pip install 'mpiengine-sdk[timeline]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import html
+import io
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpiengine_sdk.wire import ResultMessage, TaskMessage
+
+__all__ = ["STATE_COLOURS", "Timeline", "TimelineRecord", "TimelineRecorder", "chart"]
+
+#: Bar colour of each final state (matplotlib colour names).
+STATE_COLOURS = {
+    "completed": "tab:green",
+    "failed": "tab:red",
+    "timeout": "tab:orange",
+    "hung": "tab:brown",
+    "cancelled": "tab:gray",
+    "lost": "tab:purple",
+}
+_OTHER_COLOUR = "tab:blue"
+
+
+@dataclass(frozen=True)
+class TimelineRecord:
+    """One task on the timeline.
+
+    Attributes:
+        task_id: the task's id.
+        name: its name (the command's first word or the function's name).
+        kind: shell, mpi, python or mpi_python.
+        block: the block that ran it ("" when it never ran).
+        nodes: the nodes of its placement.
+        ranks: ranks launched.
+        cores: cores it asked for (ranks x cpus_per_rank).
+        gpus: GPUs it asked for.
+        queued: epoch seconds when it was submitted.
+        started: epoch seconds when it started (None: it never ran).
+        ended: epoch seconds when it ended.
+        state: its final state (completed, failed, timeout, ...).
+    """
+
+    task_id: str
+    name: str
+    kind: str
+    block: str
+    nodes: tuple[str, ...]
+    ranks: int
+    cores: int
+    gpus: int
+    queued: float
+    started: float | None
+    ended: float | None
+    state: str
+
+
+_COLUMNS = [f.name for f in dataclasses.fields(TimelineRecord)]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(value)
+    return "" if value is None else str(value)
+
+
+class Timeline(list[TimelineRecord]):
+    """A list of TimelineRecord, oldest submit first, that writes itself as CSV, HTML or PNG."""
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """The records as CSV (a header row, then one row per task; nodes space-separated).
+
+        Args:
+            path: also write the text there.
+
+        Returns:
+            The CSV text.
+        """
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(_COLUMNS)
+        for record in self:
+            writer.writerow([_cell(getattr(record, c)) for c in _COLUMNS])
+        text = out.getvalue()
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        """The records as a standalone HTML page with one table row per task.
+
+        Args:
+            path: also write the page there.
+
+        Returns:
+            The HTML text.
+        """
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
+        rows = []
+        for record in self:
+            colour = STATE_COLOURS.get(record.state, _OTHER_COLOUR).removeprefix("tab:")
+            cells = "".join(f"<td>{html.escape(_cell(getattr(record, c)))}</td>" for c in _COLUMNS)
+            rows.append(f'<tr style="color:{colour}">{cells}</tr>')
+        text = (
+            '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>mpiengine timeline'
+            "</title></head><body>\n<table>\n"
+            f"<tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>\n</body></html>\n"
+        )
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_png(self, path: str | Path, *, title: str = "mpiengine timeline") -> Path:
+        """Draw the Gantt chart of nodes over time into a PNG file.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ImportError: matplotlib is not installed (the ``timeline`` extra).
+        """
+        figure, _ = chart(self, title=title)
+        target = Path(path)
+        figure.savefig(target, format="png", dpi=100)
+        _close(figure)
+        return target
+
+
+def chart(records: Iterable[TimelineRecord], *, title: str = "mpiengine timeline") -> Any:
+    """The Gantt chart as a matplotlib figure, and its bars.
+
+    Returns:
+        ``(figure, bars)``: ``bars`` is a list of ``(record, node, rectangle)``, one per task per
+        node, in record order.
+
+    Raises:
+        ImportError: matplotlib is not installed (the ``timeline`` extra).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display is needed or wanted
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError as exc:
+        raise ImportError(
+            "drawing the timeline needs matplotlib: pip install 'mpiengine-sdk[timeline]' "
+            "(to_csv and to_html need nothing)"
+        ) from exc
+    ran = [r for r in records if r.started is not None and r.ended is not None and r.nodes]
+    rows: list[tuple[str, str]] = sorted({(r.block, n) for r in ran for n in r.nodes})
+    index = {row: i for i, row in enumerate(rows)}
+    origin = min((r.started for r in ran if r.started is not None), default=0.0)
+    figure = Figure(figsize=(10, 1.5 + 0.45 * max(len(rows), 1)))
+    ax = figure.add_subplot()
+    bars = []
+    for record in ran:
+        assert record.started is not None and record.ended is not None
+        start = record.started - origin
+        width = max(record.ended - record.started, 1e-3)
+        colour = STATE_COLOURS.get(record.state, _OTHER_COLOUR)
+        for node in record.nodes:
+            y = index[(record.block, node)]
+            (rect,) = ax.barh(
+                y, width, left=start, height=0.8, color=colour, edgecolor="black", linewidth=0.5
+            )
+            rect.set_gid(record.task_id)
+            bars.append((record, node, rect))
+    for i in range(1, len(rows)):  # block boundaries: a line between two blocks' rows
+        if rows[i][0] != rows[i - 1][0]:
+            ax.axhline(i - 0.5, color="black", linewidth=1.5)
+    ax.set_yticks(range(len(rows)), [f"{block or '-'}: {node}" for block, node in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first task started")
+    ax.set_title(title)
+    states = sorted({r.state for r in ran})
+    ax.legend(
+        handles=[Patch(color=STATE_COLOURS.get(s, _OTHER_COLOUR), label=s) for s in states],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),  # outside the axes: a legend never hides a bar
+        fontsize="small",
+    )
+    figure.tight_layout()
+    return figure, bars
+
+
+def _close(figure: Any) -> None:
+    figure.clear()
+
+
+class TimelineRecorder:
+    """Collects records for an Executor: the submit side, then the result side of each task."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._submitted: dict[str, tuple[TaskMessage, float]] = {}
+        self._records: dict[str, TimelineRecord] = {}
+
+    def submitted(self, task: TaskMessage) -> None:
+        """Note a task sent to the endpoint, and when."""
+        with self._lock:
+            self._submitted[task.task_id] = (task, time.time())
+
+    def finished(self, msg: ResultMessage) -> None:
+        """Turn a task's final result into its record (a result for an unknown task is
+        ignored)."""
+        with self._lock:
+            entry = self._submitted.pop(msg.task_id, None)
+            if entry is None:
+                return
+            task, queued = entry
+            spec = task.spec
+            ranks = int(spec.get("num_ranks") or msg.num_ranks or 1)
+            self._records[msg.task_id] = TimelineRecord(
+                task_id=msg.task_id,
+                name=task.name,
+                kind=task.kind.value,
+                block=msg.block_id,
+                nodes=tuple(msg.nodes),
+                ranks=msg.num_ranks or ranks,
+                cores=ranks * int(spec.get("cpus_per_rank") or 1),
+                gpus=ranks * int(spec.get("gpus_per_rank") or 0),
+                queued=queued,
+                started=msg.started,
+                ended=msg.ended,
+                state=str(msg.state.value),
+            )
+
+    def timeline(self) -> Timeline:
+        """The records of every finished task, oldest submit first."""
+        with self._lock:
+            return Timeline(sorted(self._records.values(), key=lambda r: r.queued))
