@@ -148,7 +148,7 @@ class ManagerBackend:
         def at(p: str) -> Path:
             return Path(p) if os.path.isabs(p) else root / p
 
-        self.identity = IdentityMap(at(mapping))
+        self.identity = IdentityMap(at(mapping), self.name)
         self.template = UserConfigTemplate.from_files(at(template), at(schema), policy_keys)
         allow_path = at(allowlist) if allowlist else None
         self.allowlist = (
@@ -486,7 +486,7 @@ def render_offline(name: str, principal: str, variables: Any) -> dict[str, Any]:
     if config.engine != MANAGER_ENGINE:
         raise ConfigError("engine", f"endpoint {name!r} is not a multi-user endpoint")
     options = {k: v for k, v in config.engine_options.items() if k in _FILE_OPTIONS}
-    identity = IdentityMap(_at(paths.root, options.get("mapping", "identity_mapping.json")))
+    identity = IdentityMap(_at(paths.root, options.get("mapping", "identity_mapping.json")), name)
     template = UserConfigTemplate.from_files(
         _at(paths.root, options.get("template", "user_config_template.yaml.j2")),
         _at(paths.root, options.get("schema", "user_config_schema.json")),

@@ -2,7 +2,10 @@
 
 The mapping file is a JSON list of Globus Connect Server identity-mapping documents (expression
 rules and external commands), read by PyPI ``globus-identity-mapping``; the first mapper with a
-result wins. The identity given to the mappers is ``{"id": P, "username": P}`` for principal P.
+result wins.
+External commands get ``-c mpiengine -s <endpoint>`` (Globus's connector and storage gateway
+options). The identity given to the mappers is ``{"id": U, "username": P}`` for principal P,
+where U is a UUID derived from P (the library's external-command protocol wants a UUID id).
 The file is read again when its mtime or size changes; an invalid new file keeps the previous
 mapping and logs why.
 """
@@ -13,6 +16,7 @@ import json
 import logging
 import pwd
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,17 @@ __all__ = ["IdentityMap", "load_mapping_documents"]
 log = logging.getLogger(__name__)
 
 
-def load_mapping_documents(path: Path) -> list[Any]:
-    """The mappers of a mapping file.
+#: Namespace of the UUIDs derived from principal names.
+_NAMESPACE = uuid.UUID("6f1c2c1e-8a7e-4c55-9d36-0c61b6a3f0d2")
+
+
+def identity_of(principal: str) -> dict[str, str]:
+    """The identity document the mappers see for ``principal``."""
+    return {"id": str(uuid.uuid5(_NAMESPACE, principal)), "username": principal}
+
+
+def load_mapping_documents(path: Path, endpoint: str = "mpiengine") -> list[Any]:
+    """The mappers of a mapping file (``endpoint``: passed to external commands as ``-s``).
 
     Raises:
         ConfigError: unreadable, not a JSON list of mapping documents, or a document the
@@ -43,7 +56,7 @@ def load_mapping_documents(path: Path) -> list[Any]:
             "expression_identity_mapping#1.0.0 / external_identity_mapping#1.0.0 documents",
         )
     try:
-        mappers = load_mappers(docs)
+        mappers = load_mappers(docs, connector="mpiengine", storage_gateway=endpoint)
     except Exception as exc:  # the library raises ValueError subclasses and marshmallow errors
         raise ConfigError(str(path), f"invalid mapping document: {exc}") from exc
     if len(mappers) != len(docs):
@@ -56,17 +69,19 @@ class IdentityMap:
 
     Args:
         path: the mapping file.
+        endpoint: the endpoint's name (``-s`` of external commands).
 
     Raises:
         ConfigError: the file is invalid at construction (a later invalid version is logged
             and ignored).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, endpoint: str = "mpiengine") -> None:
         self.path = path
+        self.endpoint = endpoint
         self._lock = threading.Lock()
         self._stamp = self._stat()
-        self._mappers = load_mapping_documents(path)
+        self._mappers = load_mapping_documents(path, endpoint)
 
     def _stat(self) -> tuple[int, int]:
         try:
@@ -81,7 +96,7 @@ class IdentityMap:
             return
         self._stamp = stamp
         try:
-            self._mappers = load_mapping_documents(self.path)
+            self._mappers = load_mapping_documents(self.path, self.endpoint)
             log.info("identity mapping %s reloaded", self.path)
         except ConfigError as exc:
             log.error(
@@ -92,7 +107,7 @@ class IdentityMap:
 
     def local_name(self, principal: str) -> str | None:
         """The local name the first matching mapper gives, or None."""
-        identity = {"id": principal, "username": principal}
+        identity = identity_of(principal)
         with self._lock:
             self._reload()
             mappers = list(self._mappers)
