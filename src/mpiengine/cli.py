@@ -85,7 +85,10 @@ def run(
     click.echo(f"task      {result.task_id}")
     click.echo(f"nodes     {','.join(result.nodes)}")
     click.echo(f"argv      {' '.join(result.argv)}")
-    click.echo(f"sandbox   {result.sandbox}")
+    if result.sandbox and Path(result.sandbox).exists():
+        click.echo(f"sandbox   {result.sandbox}")
+    else:  # the embedded endpoint removes a successful task's sandbox unless told to keep it
+        click.echo("sandbox   removed (the task succeeded); --workdir DIR keeps it")
     click.echo(f"seconds   {result.duration:.3f}")
     click.echo(f"returncode {result.returncode}")
     if result.stdout:
@@ -111,6 +114,62 @@ def demo(nodes: int, workdir: Path | None, picture: Path | None) -> None:
 
     try:
         run_demo(nodes=nodes, workdir=workdir, echo=click.echo, picture=picture)
+    except MPIEngineError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--workdir", "workdirs", multiple=True, type=click.Path(path_type=Path))
+@click.option("--endpoint", "endpoints", multiple=True, help="A configured endpoint's name.")
+@click.option("--embedded", is_flag=True, help="Every embedded run folder of MPIENGINE_HOME.")
+@click.option(
+    "--max-age",
+    type=float,
+    default=7 * 24 * 3600.0,
+    show_default=True,
+    help="Seconds after delivery before a task's sandbox goes.",
+)
+@click.option("--max-bytes", type=int, default=None, help="Keep all sandboxes under this total.")
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+def gc(
+    workdirs: tuple[Path, ...],
+    endpoints: tuple[str, ...],
+    embedded: bool,
+    max_age: float,
+    max_bytes: int | None,
+    dry_run: bool,
+) -> None:
+    """Remove old task sandboxes by hand and say what was freed.
+
+    Only sandboxes of tasks whose results were delivered go (oldest first); a queued or
+    running task's never does.
+    """
+    import os
+
+    from mpiengine.retention import collect, remove_empty_run
+    from mpiengine.service.config import EndpointPaths
+
+    folders = list(workdirs)
+    try:
+        folders += [EndpointPaths.of(name).work for name in endpoints]
+        if embedded:
+            home = Path(os.environ.get("MPIENGINE_HOME", Path.home() / ".mpiengine"))
+            runs = home / "embedded"
+            folders += sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+        if not folders:
+            raise click.UsageError(
+                "name what to clean: --workdir DIR, --endpoint NAME or --embedded"
+            )
+        freed = 0
+        for folder in folders:
+            if embedded and folder.parent.name == "embedded" and not (folder / "tasks").is_dir():
+                continue  # an embedded run that never ran a task
+            report = collect(folder, max_age=max_age, max_bytes=max_bytes, dry_run=dry_run)
+            freed += report.freed
+            click.echo(f"{folder}: {report.summary(dry_run=dry_run)}")
+            if embedded and not dry_run and remove_empty_run(folder, max_age=max_age):
+                click.echo(f"{folder}: empty, removed")
+        click.echo(f"total {'would free' if dry_run else 'freed'}: {freed} bytes")
     except MPIEngineError as exc:
         raise click.ClickException(str(exc)) from exc
 

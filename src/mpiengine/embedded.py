@@ -21,10 +21,11 @@ from mpiengine.binding import Binding
 from mpiengine.blocks.local import LocalBlock, virtual_node_names
 from mpiengine.engine import Engine, EngineStatus
 from mpiengine.launchers import load_launcher
+from mpiengine.retention import EmbeddedRetention
 from mpiengine.scheduler import BlockInfo, BlockShape
 from mpiengine_sdk.backend import ResultSink
 from mpiengine_sdk.errors import BackendError, ConfigError
-from mpiengine_sdk.wire import TaskMessage
+from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
 __all__ = ["DEFAULT_CORES_PER_NODE", "DEFAULT_NODES", "EmbeddedEndpoint", "find_mpiexec"]
 
@@ -69,7 +70,14 @@ class EmbeddedEndpoint:
         gpu_vendor: ``nvidia``, ``amd`` or ``intel``: each task and rank sees its placed GPUs
             through that vendor's variable (default: nvidia when gpus_per_node > 0).
         workdir: where sandboxes go; a fresh directory under ``MPIENGINE_HOME`` (default
-            ``~/.mpiengine``) ``/embedded/`` if None. Sandboxes are kept after the run.
+            ``~/.mpiengine``) ``/embedded/`` if None. Sandboxes in a given workdir are kept;
+            in a fresh one, those of tasks that succeeded are removed at shutdown (and the
+            folder, when nothing is left), failed tasks' stay (see mpiengine.retention).
+        keep_sandboxes: keep every sandbox, even in a fresh workdir.
+        sandbox_max_age: while running, remove a delivered task's sandbox this many seconds
+            after delivery (an endpoint service's engine option); None: never.
+        sandbox_max_bytes: while running, keep all sandboxes under this many bytes by
+            removing delivered ones, oldest first; None: no limit.
         mpiexec: the MPICH hydra ``mpiexec`` to use (default: the mpich wheel's).
         kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
 
@@ -86,6 +94,9 @@ class EmbeddedEndpoint:
         workdir: str | Path | None = None,
         mpiexec: str | None = None,
         kill_grace: float = 2.0,
+        keep_sandboxes: bool = False,
+        sandbox_max_age: float | None = None,
+        sandbox_max_bytes: int | None = None,
     ) -> None:
         n = (
             _positive("nodes", nodes)
@@ -107,6 +118,13 @@ class EmbeddedEndpoint:
             gpu_vendor = "nvidia"
         self._gpu_vendor = Binding(gpu_vendor=gpu_vendor).gpu_vendor  # validated
         self.workdir = Path(workdir) if workdir is not None else _fresh_workdir()
+        self._retention = EmbeddedRetention(
+            self.workdir,
+            keep=workdir is not None or keep_sandboxes,
+            owned=workdir is None,
+            max_age=sandbox_max_age,
+            max_bytes=sandbox_max_bytes,
+        )
         self.mpiexec = mpiexec or find_mpiexec() or "mpiexec"
         self._launcher = load_launcher("mpich-fork", executable=self.mpiexec)
         self._info = BlockInfo(
@@ -134,7 +152,15 @@ class EmbeddedEndpoint:
         """Start the engine and its one local block."""
         if self._engine is not None:
             raise BackendError("the embedded endpoint is already started")
-        engine = Engine(workdir=self.workdir, sink=sink, shapes=[self._shape], base_env=_task_env())
+        retention = self._retention
+
+        def deliver(msg: ResultMessage) -> None:
+            retention.delivered(msg)  # noted first: the user may shut down on seeing it
+            sink(msg)
+
+        engine = Engine(
+            workdir=self.workdir, sink=deliver, shapes=[self._shape], base_env=_task_env()
+        )
         block = LocalBlock(
             self._info,
             self._launcher,
@@ -167,6 +193,7 @@ class EmbeddedEndpoint:
         """Stop the engine; with ``wait`` let queued and running tasks finish."""
         if self._engine is not None:
             self._engine.shutdown(wait=wait)
+            self._retention.finish()
 
 
 def _task_env() -> dict[str, str]:
