@@ -174,6 +174,38 @@ def gc(
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option("--endpoint", "endpoint_name", default=None, help="A configured endpoint's name.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="run.png (a Gantt chart of nodes over time), run.html or run.csv.",
+)
+def timeline(workdir: Path | None, endpoint_name: str | None, output: Path) -> None:
+    """Draw where and when each task of an endpoint ran, from its work folder's timeline."""
+    from mpiengine.demo import write_timeline
+    from mpiengine.service.config import EndpointPaths
+    from mpiengine.timeline_store import TIMELINE, read_timeline
+
+    if (workdir is None) == (endpoint_name is None):
+        raise click.UsageError("name one of --workdir DIR or --endpoint NAME")
+    try:
+        folder = workdir if workdir is not None else EndpointPaths.of(str(endpoint_name)).work
+        records = read_timeline(folder)
+        if not records:
+            raise click.ClickException(
+                f"no finished tasks recorded in {folder / TIMELINE}; is it an endpoint's work "
+                "folder that has run tasks?"
+            )
+        written = write_timeline(records, output, title=f"mpiengine timeline of {folder}")
+    except MPIEngineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(records)} tasks; timeline written to {written.resolve()}")
+
+
 # The agent, relay, endpoint and sites command groups live in their own modules.
 main.add_command(agent)
 main.add_command(relay)

@@ -139,7 +139,7 @@ def run_demo(
     return rows
 
 
-def write_timeline(records: Timeline, path: Path | None) -> Path:
+def write_timeline(records: Timeline, path: Path | None, *, title: str = "mpiengine demo") -> Path:
     """Write ``records`` by the suffix of ``path`` (.png, .html or .csv).
 
     With no path: ``mpiengine-demo.png``, or ``mpiengine-demo.html`` when matplotlib is
@@ -151,12 +151,12 @@ def write_timeline(records: Timeline, path: Path | None) -> Path:
     """
     if path is None:
         try:
-            return records.to_png(Path("mpiengine-demo.png"), title="mpiengine demo")
+            return records.to_png(Path("mpiengine-demo.png"), title=title)
         except ImportError:
             path = Path("mpiengine-demo.html")
     suffix = path.suffix.lower()
     if suffix == ".png":
-        return records.to_png(path, title="mpiengine demo")
+        return records.to_png(path, title=title)
     if suffix == ".html":
         records.to_html(path)
         return path

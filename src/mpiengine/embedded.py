@@ -23,6 +23,7 @@ from mpiengine.engine import Engine, EngineStatus
 from mpiengine.launchers import load_launcher
 from mpiengine.retention import EmbeddedRetention
 from mpiengine.scheduler import BlockInfo, BlockShape
+from mpiengine.timeline_store import TimelineStore
 from mpiengine_sdk.backend import ResultSink
 from mpiengine_sdk.errors import BackendError, ConfigError
 from mpiengine_sdk.wire import ResultMessage, TaskMessage
@@ -136,6 +137,7 @@ class EmbeddedEndpoint:
         )
         self._shape = BlockShape(num_nodes=n, cores_per_node=cores, gpus_per_node=gpus_per_node)
         self._kill_grace = kill_grace
+        self._timeline = TimelineStore(self.workdir)
         self._engine: Engine | None = None
 
     @property
@@ -152,10 +154,11 @@ class EmbeddedEndpoint:
         """Start the engine and its one local block."""
         if self._engine is not None:
             raise BackendError("the embedded endpoint is already started")
-        retention = self._retention
+        retention, timeline = self._retention, self._timeline
 
         def deliver(msg: ResultMessage) -> None:
             retention.delivered(msg)  # noted first: the user may shut down on seeing it
+            timeline.finished(msg)
             sink(msg)
 
         engine = Engine(
@@ -179,7 +182,9 @@ class EmbeddedEndpoint:
 
     def submit(self, tasks: Sequence[TaskMessage]) -> None:
         """Validate and queue tasks (see Engine.submit)."""
-        self._require().submit(tasks)
+        engine = self._require()
+        self._timeline.submitted(tasks)
+        engine.submit(tasks)
 
     def cancel(self, task_id: str) -> None:
         """Cancel a queued or running task."""

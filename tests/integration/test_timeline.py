@@ -146,3 +146,47 @@ def test_the_demo_refuses_an_unknown_picture_suffix():
         write_timeline(Timeline(), Path("run.gif"))
     assert str(info.value).startswith("picture: 'run.gif' has no known suffix")
     assert ".png, .html or .csv" in str(info.value)
+
+
+def test_the_endpoint_keeps_its_timeline_and_the_cli_draws_it(tmp_path):
+    from click.testing import CliRunner
+
+    from mpiengine.cli import main
+    from mpiengine.timeline_store import read_timeline
+
+    records, ids = run_a_few_tasks(tmp_path)
+    kept = read_timeline(tmp_path / "ep")
+    assert [r.task_id for r in kept] == [r.task_id for r in records]
+    for mine, theirs in zip(records, kept, strict=True):
+        assert (mine.nodes, mine.block, mine.state) == (theirs.nodes, theirs.block, theirs.state)
+        assert (mine.started, mine.ended, mine.cores) == (
+            theirs.started,
+            theirs.ended,
+            theirs.cores,
+        )
+    out = tmp_path / "run.csv"
+    result = CliRunner().invoke(
+        main, ["timeline", "--workdir", str(tmp_path / "ep"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == f"4 tasks; timeline written to {out.resolve()}\n"
+    assert [row["task_id"] for row in csv.DictReader(io.StringIO(out.read_text()))] == [
+        r.task_id for r in kept
+    ]
+    if _has_matplotlib():
+        png = tmp_path / "run.png"
+        CliRunner().invoke(main, ["timeline", "--workdir", str(tmp_path / "ep"), "-o", str(png)])
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_timeline_command_says_what_is_missing(tmp_path):
+    from click.testing import CliRunner
+
+    from mpiengine.cli import main
+
+    result = CliRunner().invoke(main, ["timeline", "-o", "x.png"])
+    assert result.exit_code == 2
+    assert "name one of --workdir DIR or --endpoint NAME" in result.output
+    result = CliRunner().invoke(main, ["timeline", "--workdir", str(tmp_path), "-o", "x.csv"])
+    assert result.exit_code == 1
+    assert f"no finished tasks recorded in {tmp_path / 'timeline.jsonl'}" in result.output

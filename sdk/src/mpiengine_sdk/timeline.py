@@ -22,7 +22,14 @@ from typing import Any
 
 from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
-__all__ = ["STATE_COLOURS", "Timeline", "TimelineRecord", "TimelineRecorder", "chart"]
+__all__ = [
+    "STATE_COLOURS",
+    "Timeline",
+    "TimelineRecord",
+    "TimelineRecorder",
+    "chart",
+    "record_from_dict",
+]
 
 #: Bar colour of each final state (matplotlib colour names).
 STATE_COLOURS = {
@@ -76,6 +83,28 @@ def _cell(value: Any) -> str:
     if isinstance(value, tuple):
         return " ".join(value)
     return "" if value is None else str(value)
+
+
+def record_from_dict(data: dict[str, Any]) -> TimelineRecord:
+    """A record from its ``dataclasses.asdict`` form (lists for tuples, as JSON has them).
+
+    Raises:
+        KeyError, TypeError, ValueError: ``data`` is not such a form.
+    """
+    return TimelineRecord(
+        task_id=str(data["task_id"]),
+        name=str(data["name"]),
+        kind=str(data["kind"]),
+        block=str(data["block"]),
+        nodes=tuple(str(n) for n in data["nodes"]),
+        ranks=int(data["ranks"]),
+        cores=int(data["cores"]),
+        gpus=int(data["gpus"]),
+        queued=float(data["queued"]),
+        started=None if data["started"] is None else float(data["started"]),
+        ended=None if data["ended"] is None else float(data["ended"]),
+        state=str(data["state"]),
+    )
 
 
 class Timeline(list[TimelineRecord]):
@@ -215,13 +244,16 @@ class TimelineRecorder:
         with self._lock:
             self._submitted[task.task_id] = (task, time.time())
 
-    def finished(self, msg: ResultMessage) -> None:
-        """Turn a task's final result into its record (a result for an unknown task is
-        ignored)."""
+    def finished(self, msg: ResultMessage) -> TimelineRecord | None:
+        """Turn a task's final result into its record.
+
+        Returns:
+            The record; None for a result of a task this recorder did not see submitted.
+        """
         with self._lock:
             entry = self._submitted.pop(msg.task_id, None)
             if entry is None:
-                return
+                return None
             task, queued = entry
             spec = task.spec
             ranks = int(spec.get("num_ranks") or msg.num_ranks or 1)
@@ -239,6 +271,7 @@ class TimelineRecorder:
                 ended=msg.ended,
                 state=str(msg.state.value),
             )
+            return self._records[msg.task_id]
 
     def timeline(self) -> Timeline:
         """The records of every finished task, oldest submit first."""
