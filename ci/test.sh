@@ -9,6 +9,7 @@ python3 -m pip install -q --disable-pip-version-check -e ./sdk -e '.[mpi,provide
 
 bash ci/rabbitmq.sh
 bash ci/postgres.sh
+bash ci/redis.sh
 bash ci/users.sh
 if [ -f ci/slurm-docker/start.sh ]; then
     trap 'bash "$REPO/ci/slurm-docker/stop.sh" || true' EXIT
