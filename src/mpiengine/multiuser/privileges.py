@@ -28,9 +28,10 @@ def drop_privileges(account: pwd.struct_passwd) -> None:
     if uid == 0:
         raise PrivilegeError("refusing to run a user endpoint as uid 0")
     try:
-        if os.getuid() == 0 or os.geteuid() == 0:
-            os.setgroups([])
-            os.initgroups(account.pw_name, gid)
+        # Always (root or a service account with CAP_SETGID): the manager's own supplementary
+        # groups must not survive into the user's process.
+        os.setgroups([])
+        os.initgroups(account.pw_name, gid)
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     except OSError as exc:
@@ -43,8 +44,9 @@ def drop_privileges(account: pwd.struct_passwd) -> None:
         pass
     else:
         raise PrivilegeError("setuid(0) succeeded after the privilege drop")
-    if 0 in os.getgroups() and gid != 0 and 0 not in _member_gids(account):
-        raise PrivilegeError("the root group is still among the supplementary groups")
+    extra = set(os.getgroups()) - set(_member_gids(account))
+    if extra:
+        raise PrivilegeError(f"groups {sorted(extra)} survived the drop")
     os.umask(0o077)
 
 
