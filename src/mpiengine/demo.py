@@ -7,7 +7,6 @@ total utilisation.
 
 from __future__ import annotations
 
-import concurrent.futures
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from mpiengine_sdk.errors import ConfigError
 from mpiengine_sdk.executor import Executor
 from mpiengine_sdk.functions import MPIFunction, MPIPythonFunction, ShellFunction
 from mpiengine_sdk.future import TaskFuture
+from mpiengine_sdk.progressbar import progress
 from mpiengine_sdk.results import ShellResult
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.timeline import Timeline
@@ -119,15 +119,8 @@ def run_demo(
     with Executor(nodes=nodes, workdir=workdir) as ex:
         jobs = _ensemble(ex)
         echo(f"submitted {len(jobs)} tasks to the embedded endpoint ({nodes} virtual nodes)")
-        futures = [f for _, f in jobs]
-        pending: set[concurrent.futures.Future[Any]] = set(futures)
-        while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=0.5)
-            running = sum(1 for f in pending if f.running())
-            echo(
-                f"  {len(futures) - len(pending)}/{len(futures)} done, "
-                f"{running} running, {len(pending) - running} waiting"
-            )
+        for _ in progress([f for _, f in jobs], desc="demo"):  # a live line on a terminal
+            pass
         rows = [_row(label, f) for label, f in jobs]
         records = ex.timeline()
     _table(rows, echo)

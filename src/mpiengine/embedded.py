@@ -25,7 +25,7 @@ from mpiengine.retention import EmbeddedRetention
 from mpiengine.scheduler import BlockInfo, BlockShape
 from mpiengine.timeline_store import TimelineStore
 from mpiengine_sdk.backend import ResultSink
-from mpiengine_sdk.errors import BackendError, ConfigError
+from mpiengine_sdk.errors import BackendError, ConfigError, TaskTooLarge
 from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
 __all__ = ["DEFAULT_CORES_PER_NODE", "DEFAULT_NODES", "EmbeddedEndpoint", "find_mpiexec"]
@@ -184,7 +184,14 @@ class EmbeddedEndpoint:
         """Validate and queue tasks (see Engine.submit)."""
         engine = self._require()
         self._timeline.submitted(tasks)
-        engine.submit(tasks)
+        try:
+            engine.submit(tasks)
+        except TaskTooLarge as exc:  # here the block is this endpoint's virtual nodes
+            knob = (
+                "the embedded endpoint's size: Executor(nodes=N, cores_per_node=C), "
+                "or endpoint configure NAME --nodes N"
+            )
+            raise TaskTooLarge(exc.requested, exc.largest, knob=knob) from exc
 
     def cancel(self, task_id: str) -> None:
         """Cancel a queued or running task."""

@@ -148,3 +148,32 @@ def test_a_python_result_over_the_payload_limit_is_not_read(tmp_path):
         "return a smaller value, or write the data to a file and return its path"
     )
     assert read_python_outcome(tmp_path, max_bytes=101).value == b"x" * 101
+
+
+def test_the_embedded_executor_names_its_own_knob_for_an_oversize_task(tmp_path):
+    from mpiengine_sdk import TaskTooLarge
+
+    with Executor(nodes=2, workdir=tmp_path) as ex:
+        with pytest.raises(TaskTooLarge) as info:
+            ex.submit(ShellFunction("true"), resource_spec=ResourceSpec(num_nodes=3))
+    assert str(info.value).endswith(
+        "ask for fewer nodes/cores/GPUs or configure larger blocks (the embedded endpoint's "
+        "size: Executor(nodes=N, cores_per_node=C), or endpoint configure NAME --nodes N)"
+    )
+
+
+def test_a_task_too_large_keeps_its_knob_across_the_wire():
+    from mpiengine_sdk import TaskTooLarge
+    from mpiengine_sdk.results import unpack_result
+    from mpiengine_sdk.states import TaskState
+    from mpiengine_sdk.wire import ResultMessage, TaskKind
+
+    for knob in ("nodes_per_block", "Executor(nodes=N, cores_per_node=C)"):
+        sent = TaskTooLarge("3 nodes x 1 cores x 0 gpus", "2 nodes x 4 cores x 0 gpus", knob)
+        msg = ResultMessage(
+            task_id="t", state=TaskState.FAILED, error_type="TaskTooLarge", error_message=str(sent)
+        )
+        with pytest.raises(TaskTooLarge) as info:
+            unpack_result(TaskKind.SHELL, msg)
+        assert info.value.knob == knob
+        assert str(info.value) == str(sent)

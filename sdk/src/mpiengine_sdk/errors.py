@@ -133,15 +133,18 @@ class TaskTooLarge(SubmitError):
     Attributes:
         requested: what the task asked for, e.g. ``"5 nodes x 4 cores"``.
         largest: the largest block shape the endpoint offers.
+        knob: the setting that makes blocks larger where the task was submitted
+            (``nodes_per_block`` in an endpoint config, ``Executor(nodes=N)`` embedded).
     """
 
-    def __init__(self, requested: str, largest: str) -> None:
-        self._remember(requested, largest)
+    def __init__(self, requested: str, largest: str, knob: str = "nodes_per_block") -> None:
+        self._remember(requested, largest, knob)
         self.requested = requested
         self.largest = largest
+        self.knob = knob
         super().__init__(
             f"task needs {requested}, but the largest block is {largest}; "
-            "ask for fewer nodes/cores/GPUs or configure larger blocks (nodes_per_block)"
+            f"ask for fewer nodes/cores/GPUs or configure larger blocks ({knob})"
         )
 
 

@@ -402,8 +402,9 @@ def _spec_error(match: re.Match[str]) -> MPIEngineError:
 _PARSED: tuple[tuple[type[MPIEngineError], str, Callable[[re.Match[str]], MPIEngineError]], ...] = (
     (
         TaskTooLarge,
-        r"task needs (?P<req>.*), but the largest block is (?P<big>.*?); ask for .*",
-        lambda m: TaskTooLarge(m["req"], m["big"]),
+        r"task needs (?P<req>.*), but the largest block is (?P<big>.*?); ask for .*?"
+        r"(?:larger blocks \((?P<knob>.*)\))?",
+        lambda m: TaskTooLarge(m["req"], m["big"], m["knob"] or "nodes_per_block"),
     ),
     (
         PayloadTooLarge,
