@@ -179,6 +179,12 @@ def status(name: str, as_json: bool) -> None:
             f"  completed {last.get('tasks_completed')}"
         )
         click.echo(f"error     {last.get('last_error') or '-'}")
+        if last.get("multi_user"):
+            users = ", ".join(
+                f"{u['principal']} as {u['user']} ({u['tasks']} tasks)"
+                for u in last.get("user_endpoints") or []
+            )
+            click.echo(f"intake    {last.get('intake')}  user endpoints: {users or '-'}")
 
 
 @endpoint.command("list")

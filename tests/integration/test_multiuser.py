@@ -282,6 +282,39 @@ def test_idle_user_endpoints_stop(manager: EndpointProcess, people: dict[str, Pr
     wait_for(lambda: not user_endpoints("mu-alice"), 30, "idle user endpoint stopped")
 
 
+def test_sigterm_of_the_manager_stops_every_user_endpoint(
+    manager: EndpointProcess, people: dict[str, Principal]
+) -> None:
+    executors = [executor(manager, people[n]) for n in ("alice", "bob")]
+    try:
+        futures = [ex.submit(ShellFunction(["sleep", "60"])) for ex in executors]
+        wait_for(lambda: all(f.running() for f in futures), 60, "both tasks running")
+        status = json.loads(manager.paths.status.read_text())
+        wait_for(
+            lambda: {u["user"] for u in _status(manager).get("user_endpoints", [])} >= set(USERS),
+            30,
+            "both user endpoints in the heartbeat status",
+        )
+        assert status["multi_user"] is True
+        started = time.monotonic()
+        assert manager.stop() == 0
+        # service grace (5 s) + the manager's stop_grace (5 s), with room for a loaded host
+        assert time.monotonic() - started < 30
+        wait_for(lambda: not any(processes_of(u) for u in USERS), 15, "users' processes gone")
+        manager.start()
+    finally:
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _status(manager: EndpointProcess) -> dict[str, object]:
+    try:
+        value = json.loads(manager.paths.status.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def test_kill_9_of_the_manager_stops_user_endpoints_and_loses_no_task(
     manager: EndpointProcess, people: dict[str, Principal]
 ) -> None:
@@ -313,6 +346,7 @@ def test_unwritable_audit_log_stops_intake(
             status = json.loads(manager.paths.status.read_text())
             assert status["state"] == "stopped"
             assert "intake stopped: cannot open the audit log" in status["last_error"]
+            assert status["intake"] == "stopped"
             assert not future.done()
             log.rmdir()
             shutil.move(saved, log)

@@ -342,6 +342,8 @@ class EndpointService:
             "tasks_completed": self._completed,
             "last_error": self._last_error or str(engine.get("last_error", "")),
             "time": time.time(),
+            # A multi-user manager's own view (intake, its user endpoints) rides along.
+            **{k: engine[k] for k in ("multi_user", "intake", "user_endpoints") if k in engine},
         }
 
     def _heartbeat(self, channel: Channel) -> None:
