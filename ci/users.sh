@@ -12,13 +12,17 @@ done
 # A user endpoint runs this interpreter (and the task's python) as the mapped user: every
 # directory on its path must be traversable. On the CI image the interpreter lives under
 # /root (pyenv), which is 0700; give others search (x) permission only, not read.
+# The same for the checkout (the editable install's src/ and the block agents' PYTHONPATH).
 PY=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
-dir=$(dirname "$PY")
-while [ "$dir" != / ]; do
-    if ! runuser -u mu-alice -- test -x "$dir"; then
-        chmod o+x "$dir"
-    fi
-    dir=$(dirname "$dir")
+REPO=$(cd "$(dirname "$0")/.." && pwd -P)
+for start in "$(dirname "$PY")" "$REPO/src"; do
+    dir=$start
+    while [ "$dir" != / ]; do
+        if ! runuser -u mu-alice -- test -x "$dir"; then
+            chmod o+x "$dir"
+        fi
+        dir=$(dirname "$dir")
+    done
 done
 runuser -u mu-alice -- "$PY" -c 'import mpiengine.multiuser.userep' \
     || { echo "ci/users.sh: mu-alice cannot import mpiengine with $PY" >&2; exit 1; }
