@@ -345,3 +345,20 @@ def test_render_config_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (tmp_path / "vars.json").write_text(json.dumps({"account": "proj", "nodes": 7}))
     done = runner.invoke(endpoint, args)
     assert done.exit_code != 0 and "user_config.nodes" in done.output
+
+
+# -- SDK ---------------------------------------------------------------------------------------
+def test_executor_sends_user_config_and_checks_it_at_the_edge() -> None:
+    from mpiengine.service.engines import NullBackend
+    from mpiengine_sdk import Executor, ShellFunction
+
+    with Executor(backend=NullBackend(), user_config={"account": "p", "nodes": 2}) as ex:
+        task = ex.prepare(ShellFunction(["id"]), (), {})
+        assert task.user_config == {"account": "p", "nodes": 2}
+        assert ex.submit(ShellFunction(["id"])).result(10).returncode == 0
+    with Executor(backend=NullBackend()) as ex:
+        assert ex.prepare(ShellFunction(["id"]), (), {}).user_config == {}
+    with pytest.raises(ConfigError, match="user_config: values must be JSON"):
+        Executor(backend=NullBackend(), user_config={"x": object()})
+    with pytest.raises(ConfigError, match="user_config: must be a mapping"):
+        Executor(backend=NullBackend(), user_config=["x"])  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib
+import json
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -16,7 +17,13 @@ from typing import Any
 
 from mpiengine_sdk import deps
 from mpiengine_sdk.backend import Backend
-from mpiengine_sdk.errors import BackendError, DependencyFailed, ExecutorShutdown, SubmitError
+from mpiengine_sdk.errors import (
+    BackendError,
+    ConfigError,
+    DependencyFailed,
+    ExecutorShutdown,
+    SubmitError,
+)
 from mpiengine_sdk.functions import (
     MPIPythonFunction,
     ShellFunction,
@@ -49,6 +56,25 @@ def _embedded_backend(options: Mapping[str, Any]) -> Backend:
     return backend
 
 
+def _user_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """User variables checked at the edge: a mapping of names to JSON values."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(
+            "user_config",
+            f"must be a mapping of variable names to values, got {type(value).__name__}",
+        )
+    try:
+        json.dumps(dict(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            "user_config",
+            f"values must be JSON data (str, int, float, bool, None, lists, mappings): {exc}",
+        ) from exc
+    return dict(value)
+
+
 def _remote_backend(endpoint_id: str, relay: str | None, options: Mapping[str, Any]) -> Backend:
     module = importlib.import_module("mpiengine_sdk.remote")
     backend: Backend = module.RelayBackend(endpoint_id=endpoint_id, relay=relay, **options)
@@ -75,6 +101,7 @@ class Executor(concurrent.futures.Executor):
 
     Raises:
         BackendError: the backend cannot start.
+        ConfigError: ``user_config`` is not a mapping of names to JSON values.
     """
 
     def __init__(
@@ -88,7 +115,7 @@ class Executor(concurrent.futures.Executor):
         **options: Any,
     ) -> None:
         self._default_spec = coerce_spec(resource_spec) or ResourceSpec()
-        self._user_config = dict(user_config or {})
+        self._user_config = _user_config(user_config)
         self._last_merge: tuple[ResourceSpec, ResourceSpec, ResourceSpec] | None = None
         if backend is None:
             if endpoint_id is None:
