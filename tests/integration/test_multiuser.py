@@ -154,7 +154,7 @@ def manager(harness: RelayHarness, people: dict[str, Principal]) -> Iterator[End
         "mu",
         people["owner"],
         engine=MANAGER_ENGINE,
-        engine_options={"idle_timeout": 4.0, "stop_grace": 5.0},
+        engine_options={"idle_timeout": 6.0, "stop_grace": 5.0},
         heartbeat_period=1.0,
         stop_grace=5.0,
     )
@@ -203,6 +203,29 @@ def test_each_principal_runs_as_its_own_user(
         check=False,
     )
     assert peek.returncode != 0 and "Permission denied" in peek.stderr
+
+
+def test_changed_variables_start_a_second_user_endpoint(
+    manager: EndpointProcess, people: dict[str, Principal]
+) -> None:
+    sandboxes = {}
+    with executor(manager, people["alice"], label="one") as one:
+        with executor(manager, people["alice"], label="two") as two:
+            for name, ex in (("one", one), ("two", two), ("one-again", one)):
+                result = ex.submit(ShellFunction(["id", "-un"])).result(60)
+                assert result.stdout == "mu-alice\n"
+                sandboxes[name] = Path(result.sandbox).parents[2]  # <key>/work/tasks/<id>
+            mine = [u for u in _status_now(manager) if u["user"] == "mu-alice"]
+    assert sandboxes["one"] == sandboxes["one-again"] != sandboxes["two"]
+    assert len(mine) >= 2
+
+
+def _status_now(manager: EndpointProcess) -> list[dict[str, object]]:
+    """The user endpoints in the next heartbeat's status."""
+    first = _status(manager).get("time")
+    wait_for(lambda: _status(manager).get("time") != first, 30, "a fresh heartbeat")
+    users = _status(manager).get("user_endpoints")
+    return list(users) if isinstance(users, list) else []
 
 
 def test_refusals_are_distinct_and_start_nothing(
