@@ -118,7 +118,7 @@ def test_tasks_of_a_kind_share_what_is_learned() -> None:
     sched.set_estimate("sim|1x1", 20.0)
     assert sched.schedule(2.0) == []  # b would not, any more
     sched.set_estimate("nobody|1x1", 1.0)  # no task of this kind: nothing to remember
-    assert "nobody|1x1" not in sched._estimates._by_kind
+    assert "nobody|1x1" not in sched._estimates.by_kind
 
 
 def test_a_running_task_of_a_kind_learned_later_gets_an_end() -> None:

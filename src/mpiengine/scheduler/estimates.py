@@ -29,6 +29,7 @@ from heapq import heappop, heappush
 
 from .model import TaskRequest
 from .pool import BlockPool, Running
+from .reservation import Res
 
 __all__ = ["Estimates", "corrected"]
 
@@ -60,7 +61,8 @@ class Estimates:
 
     def __init__(self, running: dict[str, BlockPool]) -> None:
         self._running = running
-        self._by_kind: dict[str, float] = {}
+        #: kind -> its estimate, for the kinds of waiting tasks (read by the policy).
+        self.by_kind: dict[str, float] = {}
         self._waiting: dict[str, int] = {}  # kind -> tasks of it waiting
         self._blind: dict[str, dict[str, Running]] = {}  # kind -> running blind tasks
         # (predicted end, seq, task id): running tasks whose end is a prediction (before
@@ -76,7 +78,7 @@ class Estimates:
             return
         self._waiting[kind] = self._waiting.get(kind, 0) + 1
         if req.estimate is not None:
-            self._by_kind[kind] = req.estimate
+            self.by_kind[kind] = req.estimate
 
     def dequeued(self, req: TaskRequest) -> None:
         """A task left the queue (started or cancelled)."""
@@ -88,14 +90,13 @@ class Estimates:
             self._waiting[kind] = left
         else:
             del self._waiting[kind]
-            self._by_kind.pop(kind, None)
+            self.by_kind.pop(kind, None)
 
-    def of(self, kind: str | None, own: float, walltime: float) -> float:
-        """The estimate of a waiting task now: the smaller of its walltime (inf: none) and
-        its kind's estimate (or ``own``, its own, without a kind); inf when unknown."""
-        if kind is not None:
-            own = self._by_kind.get(kind, math.inf)
-        return own if own < walltime else walltime
+    def of(self, kind: str, walltime: float) -> float:
+        """The estimate of a waiting task of ``kind`` now: the smaller of its walltime (inf:
+        none) and the kind's estimate; inf when unknown."""
+        estimate = self.by_kind.get(kind, math.inf)
+        return estimate if estimate < walltime else walltime
 
     # -- running tasks -----------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class Estimates:
             whether a running task's estimated end changed (reservations must be recomputed).
         """
         if kind in self._waiting:
-            self._by_kind[kind] = estimate
+            self.by_kind[kind] = estimate
         blind = self._blind.pop(kind, None)
         if not blind:
             return False
@@ -154,14 +155,20 @@ class Estimates:
                 heappush(self._wakes, (end, run.seq, task_id))
         return True
 
-    def correct(self, now: float) -> bool:
+    def correct(self, now: float, res: Res | None) -> float | None:
         """Correct every running task that has outlived its estimate by ``now``.
 
+        Args:
+            res: the head's reservation, if any.
+
         Returns:
-            whether any estimate changed (reservations must be recomputed).
+            None if ``res`` still holds (any correction of a task off its nodes, or still
+            ending by its time, leaves every reserved node free by then); else the latest
+            new end among the corrected tasks on its nodes, or inf when one of them was
+            corrected more than once (then it is computed afresh).
         """
         wakes = self._wakes
-        changed = False
+        stale: float | None = None
         while wakes and wakes[0][0] <= now:
             end, seq, task_id = heappop(wakes)
             run = self._live(end, seq, task_id)
@@ -169,11 +176,18 @@ class Estimates:
                 continue
             runtime, run.fixes = corrected(run.estimate, now - run.start, run.fixes)
             new_end = min(run.bound, run.start + runtime)
-            self._running[task_id].reestimate(run, new_end)
+            pool = self._running[task_id]
+            pool.reestimate(run, new_end)
             if new_end < run.bound:
                 heappush(wakes, (new_end, seq, task_id))
-            changed = True
-        return changed
+            if (
+                res is not None
+                and res.pool is pool
+                and new_end > (res.time if stale is None else stale)
+                and not res.nodes.isdisjoint(run.nodes)
+            ):
+                stale = new_end if run.fixes == 1 else math.inf
+        return stale
 
     def next_wake(self) -> float | None:
         """The earliest predicted end of a running task (a task still running then has

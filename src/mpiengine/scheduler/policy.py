@@ -114,6 +114,7 @@ class Scheduler:
         self._seq = 0
         self._res: Res | None = None
         self._head_since: tuple[int, float] = (-1, 0.0)  # (seq, when it became the head)
+        self._last_pool: tuple[int, BlockPool | None] = (-1, None)  # (seq, its last block)
         # Failure memos: a shape that failed at tick t fails again on every block not
         # released since t (under the same reservation, for backfill); kept per shape in
         # the queue's ShapeClass.
@@ -121,6 +122,13 @@ class Scheduler:
         self._head_failed: tuple[int, int] = (-1, -1)
         self._res_mattered = False  # the last failed _place skipped reserved nodes
         self._last_pass = -1  # the tick of the last backfill pass
+        # Submissions, cancellations and learned estimates: with the tick (releases) and the
+        # reservation, what a backfill pass depends on. A call where none of them changed (a
+        # wake-up for a task that outlived its estimate off the head's nodes) runs no pass: a
+        # later now lets nothing more start, and shapes that a pass cut short by the depth
+        # did not reach wait for the next event, as they would without wake-ups.
+        self._version = 0
+        self._passed: tuple[Res | None, int, int] = (None, -1, -1)
 
     # -- blocks ----------------------------------------------------------------------------
 
@@ -219,6 +227,7 @@ class Scheduler:
         if task_id in self._queue or task_id in self._running:
             raise ValueError(f"task {task_id!r} is already waiting or running")
         self._seq += 1
+        self._version += 1
         key = req.submit_time - req.priority * self._aging
         self._queue.add(key, self._seq, req)
         self._estimates.queued(req)
@@ -233,6 +242,7 @@ class Scheduler:
         if task_id not in self._queue:
             return False
         self._estimates.dequeued(self._queue.remove(task_id))
+        self._version += 1
         return True
 
     def release(self, task_id: str) -> bool:
@@ -262,6 +272,7 @@ class Scheduler:
         """
         if not (isinstance(seconds, int | float) and 0 < seconds < math.inf):
             raise ValueError(f"estimate {seconds!r} for {kind!r}: must be finite and > 0")
+        self._version += 1
         if self._estimates.learn(kind, float(seconds)):
             self._res = None
 
@@ -353,8 +364,13 @@ class Scheduler:
         Returns:
             the placements to launch, in decision order; those tasks are now running.
         """
-        if self._estimates.correct(now):
-            self._res = None  # a task outlived its estimate: the head's reservation moves
+        later = self._estimates.correct(now, self._res)
+        if later is not None and self._res is not None:
+            # A task on the head's nodes outlived its estimate: the reservation moves at once.
+            # After a first, small correction (the noise of starting processes, mostly) to
+            # the new end, with the same nodes (all free by then: a guarantee, if not always
+            # the earliest); after a larger one, it is computed afresh.
+            self._res = self._res.moved(later) if later < math.inf else None
         out: list[Placement] = []
         queue = self._queue
         pools = self._pools.values()
@@ -363,6 +379,8 @@ class Scheduler:
                 if pool.free_cores:
                     break
             else:  # every core is taken: nothing can start
+                if self._res is None and self._depth:
+                    self._reserve(first, now)  # but the head's reservation stays current
                 return out
             # (seq, tick): the same submission failed at that tick
             since = self._head_failed[1] if self._head_failed[0] == first[1] else -1
@@ -373,7 +391,12 @@ class Scheduler:
             out.append(placed)
         if first is None or not self._depth:
             return out
-        self._backfill(first, now, self._reserve(first, now), out)
+        res = self._reserve(first, now)
+        passed = (res, self._tick, self._version)
+        if passed[0] is self._passed[0] and passed[1:] == self._passed[1:]:
+            return out  # nothing it depends on changed since the last pass
+        self._backfill(first, now, res, out)
+        self._passed = passed
         return out
 
     def _caps(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -399,7 +422,9 @@ class Scheduler:
 
     def _estimate(self, cls: ShapeClass) -> float:
         """A waiting shape's estimate now (inf: unknown)."""
-        return self._estimates.of(cls.kind, cls.own, cls.shape[3])
+        if cls.kind is None:
+            return cls.fixed
+        return self._estimates.of(cls.kind, cls.shape[3])
 
     def _backfill(self, first: Entry, now: float, res: Res, out: list[Placement]) -> None:
         """Start later tasks that cannot delay the head (``res``), appending to ``out``."""
@@ -412,6 +437,7 @@ class Scheduler:
         # The head failed with no reservation to respect: whatever covers its shape fails too
         # whatever its estimate (covers is transitive, so the list need not be pruned).
         classes = self._queue.classes
+        by_kind = self._estimates.by_kind
         n, c, g, walltime, exclusive, _ = classes[first[3]].shape
         failed: list[Eff] = [(n, c, g, walltime, exclusive, 0.0)]
         # The next class heads in order; a placed task's successor in its class joins them.
@@ -427,7 +453,13 @@ class Scheduler:
             else:
                 break
             cls = classes[entry[3]]
-            estimate = self._estimate(cls)
+            kind = cls.kind  # its estimate (self._estimate, inlined: hot)
+            if kind is None:
+                estimate = cls.fixed
+            else:
+                estimate = by_kind.get(kind, math.inf)
+                if cls.shape[3] < estimate:
+                    estimate = cls.shape[3]
             # Failures under another reservation, or with a longer estimate, say nothing.
             since_res = (
                 cls.failed_at if cls.failed_res is res and estimate >= cls.failed_est else -1
@@ -507,5 +539,10 @@ class Scheduler:
         ):
             head = self._queue.request(first[2])
             lend_until = self._head_since[1] + self._lend
-            res = self._res = reserve(self._pools.values(), head, seq, now, lend_until, self._tick)
+            likely = self._last_pool if self._last_pool[0] == seq else None
+            res = self._res = reserve(
+                self._pools.values(), head, seq, now, lend_until, self._tick,
+                None if likely is None else likely[1],
+            )  # fmt: skip
+            self._last_pool = (seq, res.pool)
         return res

@@ -326,17 +326,23 @@ class BlockPool:
         free = len(chosen)
         proj: dict[int, tuple[int, int]] = {}
         sure = True
+        # The latest start within the block's walltime (time_ok, inlined: ends only grow).
+        latest = math.inf if self.info.end_time is None else self.info.end_time
+        if walltime is not None:
+            latest -= walltime
+        tasks, excluded = self.tasks, self.excluded
         for end, _seq, task_id in self.ends:
             if end > limit:
                 break
-            run = self.tasks[task_id]
+            run = tasks[task_id]
             if run.blind:  # unknown runtimes from here on (they sort last: at the bound)
                 break
-            if not self.time_ok(end, walltime):
+            if end > latest or (walltime is None and end == latest):
                 return None
-            sure = sure and end >= run.bound
+            if sure and end < run.bound:
+                sure = False
             if run.whole:  # wholly held nodes come back wholly free
-                back = [i for i in run.nodes if i not in self.excluded]
+                back = [i for i in run.nodes if i not in excluded] if excluded else run.nodes
                 chosen.extend(back)
                 seen.update(back)
             else:

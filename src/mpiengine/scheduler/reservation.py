@@ -68,6 +68,14 @@ class Res:
         self.size = size
         self.tick = tick
 
+    def moved(self, time: float) -> Res:
+        """The same reservation at a later ``time`` (its nodes are all free by then): a new
+        object, so that failures remembered under this one are not taken for it."""
+        return Res(
+            self.task_id, self.seq, self.pool, time, self.nodes, False, self.blind,
+            self.lend_until, self.size, self.tick,
+        )  # fmt: skip
+
     def excludes(
         self,
         pool: BlockPool,
@@ -101,6 +109,7 @@ def reserve(
     now: float,
     lend_until: float = -math.inf,
     tick: int = 0,
+    likely: BlockPool | None = None,
 ) -> Res:
     """The earliest start of ``head`` over all blocks (the first block on ties).
 
@@ -111,18 +120,28 @@ def reserve(
         now: the current time.
         lend_until: until when a blind reservation lends its nodes to smaller tasks.
         tick: the scheduler's tick now.
+        likely: a block to try first (the head's last one): the sooner a good time is
+            found, the sooner the walks in the other blocks stop.
 
     Returns:
         the reservation; with no pool when no block can hold it within its walltime.
     """
+    order = list(pools)
+    rank = {id(pool): k for k, pool in enumerate(order)}
+    if likely is not None and id(likely) in rank:
+        order.remove(likely)
+        order.insert(0, likely)
     best: tuple[float, BlockPool, list[int], bool, bool] | None = None
     limit = math.inf
-    for pool in pools:
+    for pool in order:
         need = pool.need(head)
         if need is None or not pool.time_ok(now, head.walltime):
             continue
         found = pool.earliest(head.num_nodes, need, now, head.walltime, limit)
-        if found is not None and (best is None or found[0] < best[0]):
+        if found is None:
+            continue
+        # Ties go to the older block, whatever the order tried.
+        if best is None or (found[0], rank[id(pool)]) < (best[0], rank[id(best[1])]):
             best = (found[0], pool, found[1], found[2], found[3])
             limit = found[0]
     size = (head.num_nodes, head.cores_per_node)

@@ -54,7 +54,8 @@ class ShapeClass:
         size: what backfill compares with the free room first: the nodes if exclusive (wholly
             free nodes in one block), else the cores per node (free cores on one node).
         kind: the kind whose estimate its tasks share, or None.
-        own: else their own estimate (inf: none).
+        fixed: without a kind, their estimate: the smaller of their own and the walltime
+            (inf: unknown).
         nc: (nodes, cores per node), to compare with the head's.
     """
 
@@ -66,8 +67,8 @@ class ShapeClass:
         "failed_res",
         "id",
         "kind",
+        "fixed",
         "nc",
-        "own",
         "shape",
         "size",
         "tasks",
@@ -85,7 +86,7 @@ class ShapeClass:
         self.failed_free = -1
         key = shape[5]
         self.kind = key if isinstance(key, str) else None
-        self.own = math.inf if isinstance(key, str) else key
+        self.fixed = math.inf if isinstance(key, str) else min(key, shape[3])
         self.nc = (shape[0], shape[1])
 
 
