@@ -11,6 +11,7 @@ from pathlib import Path
 from mpiengine.placement import Placement
 from mpiengine.runner.process import Completion
 from mpiengine.runner.pyoutcome import read_python_outcome
+from mpiengine.staging import read_report
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage
 
@@ -76,6 +77,13 @@ def result_from_completion(
                 "(progress_timeout); taken as hung and process tree killed"
             ),
         )
+    if task.staging and done.sandbox and not done.error:
+        report = read_report(Path(done.sandbox))
+        if report is not None:
+            fields["staging"] = report
+            if report.get("error") and state is TaskState.COMPLETED:
+                state = TaskState.FAILED
+                fields.update(error_type="StagingError", error_message=str(report["error"]))
     return ResultMessage(
         task_id=task.task_id,
         state=state,

@@ -21,6 +21,7 @@ Where each kind of task runs (the placement guarantee):
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
 from collections.abc import Mapping
@@ -292,6 +293,10 @@ def build_launch(
         env["MPIENGINE_HOSTFILE"] = hostfile
     if task.kind in (TaskKind.PYTHON, TaskKind.MPI_PYTHON):
         files["task.dill"] = task.payload
+    if task.staging and task.kind in (TaskKind.SHELL, TaskKind.MPI):
+        # Staged once, around the whole launch (launcher included), in the shared sandbox.
+        files["staging.json"] = json.dumps(dict(task.staging)).encode()
+        argv = (python, "-m", "mpiengine.staging", str(sandbox), "--", *argv)
     return LaunchSpec(
         task_id=task.task_id,
         argv=argv,

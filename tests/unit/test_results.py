@@ -303,6 +303,7 @@ SAMPLES: dict[str, MPIEngineError] = {
     "BlockLost": BlockLost("block gone"),
     "NodeFailed": errors.NodeFailed("node n2 of block b1 (batch job 7) failed: down"),
     "DependencyFailed": errors.DependencyFailed("dependency t1 did not succeed (it was cancelled)"),
+    "StagingError": errors.StagingError("stage_in of ftp://h/x to x failed: FileNotFoundError"),
     "RemoteExecutionError": RemoteExecutionError("ValueError", "bad", "Traceback..."),
 }
 

@@ -25,6 +25,7 @@ MPIEngineError                      base of everything below
     ├── BlockLost                   the block running it vanished and retries ran out
     ├── NodeFailed                  a node under it failed (down, drained) and retries ran out
     ├── DependencyFailed            a task it depends on (a TaskFuture argument) did not succeed
+    ├── StagingError                a file could not be staged in or out (names the file)
     └── RemoteExecutionError        a Python task raised; carries the remote traceback
 ```
 
@@ -54,6 +55,7 @@ __all__ = [
     "RemoteExecutionError",
     "SerializationError",
     "SpecError",
+    "StagingError",
     "SubmitError",
     "TaskCancelled",
     "TaskError",
@@ -379,6 +381,14 @@ class DependencyFailed(TaskError):
         super().__init__(
             message, task_id=task_id, returncode=returncode, stdout=stdout, stderr=stderr
         )
+
+
+class StagingError(TaskError):
+    """A file of a task's ``stage_in`` or ``stage_out`` could not be copied.
+
+    The message names the file, its URL and the cause. A failed stage-in means the command never
+    ran; the staging report (what did move) is in the future's ``message.staging``.
+    """
 
 
 class RemoteExecutionError(TaskError):

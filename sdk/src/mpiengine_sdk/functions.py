@@ -19,8 +19,10 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 import dill
@@ -49,6 +51,9 @@ class ShellFunction:
         name: a label for listings and logs.
         raw: template placeholders inserted without shell quoting.
         placeholders: every placeholder name the command uses.
+        stage_in: files copied into the sandbox before the command starts, as
+            ``{path in the sandbox: fsspec URL}``.
+        stage_out: files copied out after it ends, as ``{glob in the sandbox: folder URL}``.
     """
 
     #: How the endpoint runs it.
@@ -60,6 +65,8 @@ class ShellFunction:
     name: str
     raw: frozenset[str]
     placeholders: frozenset[str]
+    stage_in: tuple[tuple[str, str], ...]
+    stage_out: tuple[tuple[str, str], ...]
 
     def __init__(
         self,
@@ -69,6 +76,8 @@ class ShellFunction:
         snippet_lines: int = 1000,
         name: str | None = None,
         raw: Collection[str] = (),
+        stage_in: Mapping[str, str] | None = None,
+        stage_out: Mapping[str, str] | None = None,
     ) -> None:
         """Check the command now, so a typo fails here and not on a remote node.
 
@@ -79,11 +88,18 @@ class ShellFunction:
             snippet_lines: 1 to 1,000,000.
             name: defaults to the command's first word.
             raw: template placeholders to insert verbatim (template strings only).
+            stage_in: ``{path: url}``: each fsspec URL (``ftp://host/data.bin``,
+                ``file:///scratch/in.txt``, ``s3://...``) is copied to that path, relative to
+                the sandbox, before the command starts; the endpoint needs fsspec.
+            stage_out: ``{glob: url}``: after the command ends, every sandbox file matching
+                the glob is copied into the folder URL. A glob that matches nothing, or a copy
+                that fails, fails the task with StagingError naming the file.
 
         Raises:
             TemplateError: an empty command, a bad placeholder, or ``raw`` naming a placeholder
                 the template lacks (or given with an argv command, which is never quoted).
-            SpecError: ``walltime`` or ``snippet_lines`` out of range.
+            SpecError: ``walltime`` or ``snippet_lines`` out of range, or a ``stage_in`` /
+                ``stage_out`` entry that is not a relative sandbox path and a URL.
         """
         command, names = _check_command(cmd, raw)
         values = {
@@ -93,6 +109,8 @@ class ShellFunction:
             "name": _check_name(name, _first_word(command)),
             "raw": frozenset(raw),
             "placeholders": names,
+            "stage_in": _check_staging("stage_in", stage_in),
+            "stage_out": _check_staging("stage_out", stage_out),
         }
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -134,7 +152,13 @@ class ShellFunction:
             name=self.name,
             snippet_lines=self.snippet_lines,
             retries=spec.retries,
+            staging=self._staging(),
         )
+
+    def _staging(self) -> dict[str, Any]:
+        if not (self.stage_in or self.stage_out):
+            return {}
+        return {"in": dict(self.stage_in), "out": dict(self.stage_out)}
 
     def __repr__(self) -> str:
         parts = [repr(self.cmd if isinstance(self.cmd, str) else list(self.cmd))]
@@ -366,6 +390,33 @@ def _check_command(
         )
     # argv elements are literal: braces in them (python -c code, find's {}) are not templates.
     return tuple(argv), frozenset()
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.+")
+
+
+def _check_staging(field: str, files: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """``{sandbox path or glob: URL}`` as sorted pairs, each checked."""
+    if files is None:
+        return ()
+    allowed = "a mapping of relative sandbox paths (globs for stage_out) to fsspec URLs"
+    if not isinstance(files, Mapping):
+        raise SpecError(field, files, allowed)
+    out = []
+    for path, url in files.items():
+        parts = PurePosixPath(path).parts if isinstance(path, str) else ()
+        if not parts or path.startswith("/") or ".." in parts:
+            raise SpecError(
+                field, {path: url}, f"{allowed}; {path!r} is not a relative path in the sandbox"
+            )
+        if not isinstance(url, str) or _URL.fullmatch(url) is None:
+            raise SpecError(
+                field,
+                {path: url},
+                f"{allowed}; {url!r} is not a URL such as ftp://host/file or file:///path",
+            )
+        out.append((path, url))
+    return tuple(sorted(out))
 
 
 def _check_walltime(walltime: float | None) -> float | None:

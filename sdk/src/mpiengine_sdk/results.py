@@ -11,8 +11,8 @@ from __future__ import annotations
 import ast
 import re
 import shlex
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import dill
@@ -64,6 +64,8 @@ class ShellResult:
         task_id: the task's id.
         state: COMPLETED, TIMEOUT when the walltime expired, or HUNG when the task wrote
             nothing for its ``progress_timeout`` and was killed.
+        staging: the files staged in and out, each with its path, URL, bytes and seconds
+            (``{"in": [...], "out": [...], "error": ""}``); empty when none were asked for.
     """
 
     argv: tuple[str, ...] = ()
@@ -79,6 +81,19 @@ class ShellResult:
     ended: float | None = None
     task_id: str = ""
     state: TaskState = TaskState.COMPLETED
+    staging: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes staged in and out."""
+        files = [*self.staging.get("in", ()), *self.staging.get("out", ())]
+        return sum(int(f.get("bytes", 0)) for f in files)
+
+    @property
+    def staging_seconds(self) -> float:
+        """Seconds spent staging in and out."""
+        files = [*self.staging.get("in", ()), *self.staging.get("out", ())]
+        return sum(float(f.get("seconds", 0.0)) for f in files)
 
     @property
     def cmd(self) -> str:
@@ -233,6 +248,7 @@ def _shell_result(kind: TaskKind, msg: ResultMessage) -> ShellResult:
         "ended": msg.ended,
         "task_id": msg.task_id,
         "state": msg.state,
+        "staging": dict(msg.staging),
     }
     if kind is TaskKind.MPI:
         nodes = len(msg.nodes)

@@ -72,6 +72,8 @@ class TaskMessage:
         user_config: user variables for a multi-user endpoint's config template (validated
             there against the admin's schema); empty elsewhere.
         user: the submitting identity (set by the relay; empty on the embedded endpoint).
+        staging: SHELL/MPI: files to stage, ``{"in": {path: url}, "out": {glob: url}}``
+            (fsspec URLs; see ``mpiengine.staging``); empty for none.
     """
 
     task_id: str
@@ -86,6 +88,7 @@ class TaskMessage:
     retries: int = 0
     user_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     user: str = ""
+    staging: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class ResultMessage:
         block_id: the block that ran it.
         job_id: the batch job id of that block ("" for local blocks).
         attempts: how many times it was launched.
+        staging: what was staged: ``{"in": [...], "out": [...], "error": ""}``, each file as
+            ``{"path", "url", "bytes", "seconds"}``; empty when the task staged nothing.
     """
 
     task_id: str
@@ -140,6 +145,7 @@ class ResultMessage:
     block_id: str = ""
     job_id: str = ""
     attempts: int = 1
+    staging: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _BYTES_FIELDS = {"payload", "value", "error_payload"}
