@@ -10,6 +10,7 @@ makes the manager request blocks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -23,10 +24,12 @@ from mpiengine.blocks.provider import BlockProvider, make_provider
 from mpiengine.config import EndpointConfig, load_config
 from mpiengine.engine import Engine, EngineStatus
 from mpiengine.launchers import load_launcher
+from mpiengine.retention import record_delivery
 from mpiengine.scheduler import BlockShape
+from mpiengine.timeline_store import TimelineStore
 from mpiengine_sdk.backend import ResultSink
 from mpiengine_sdk.errors import BackendError
-from mpiengine_sdk.wire import TaskMessage
+from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
 __all__ = ["BatchEndpoint"]
 
@@ -74,6 +77,7 @@ class BatchEndpoint:
         )
         self._tick_interval = tick_interval
         self._engine: Engine | None = None
+        self._timeline: TimelineStore | None = None
         self._manager: BlockManager | None = None
 
     @classmethod
@@ -121,9 +125,22 @@ class BatchEndpoint:
         manager = BlockManager(self.config, self._provider, self._launcher, self.workdir)
         # base_env={}: a task's environment is its batch job's (the agent's), not this
         # process's; the engine only adds the task's own variables.
+        timeline = TimelineStore(self.workdir)
+        self._timeline = timeline
+        workdir = self.workdir
+
+        def deliver(msg: ResultMessage) -> None:
+            # The ledger lets `mpiengine gc` remove delivered tasks' sandboxes (never a running
+            # one's); the timeline lets `mpiengine timeline` draw where each task ran.
+            if msg.state.terminal:
+                with contextlib.suppress(OSError):
+                    record_delivery(workdir, msg)
+            timeline.finished(msg)
+            sink(msg)
+
         engine = Engine(
             workdir=self.workdir,
-            sink=sink,
+            sink=deliver,
             shapes=[self._shape],
             base_env={},
             on_tick=manager.on_tick,
@@ -140,7 +157,10 @@ class BatchEndpoint:
 
     def submit(self, tasks: Sequence[TaskMessage]) -> None:
         """Validate and queue tasks (see Engine.submit)."""
-        self._require().submit(tasks)
+        engine = self._require()
+        if self._timeline is not None:
+            self._timeline.submitted(tasks)
+        engine.submit(tasks)
 
     def cancel(self, task_id: str) -> None:
         """Cancel a queued or running task."""
