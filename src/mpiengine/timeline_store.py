@@ -27,7 +27,7 @@ class TimelineStore:
 
     def __init__(self, workdir: Path) -> None:
         self.path = workdir / TIMELINE
-        self._recorder = TimelineRecorder()
+        self._recorder = TimelineRecorder(max_records=0)  # the file keeps them, not memory
         self._lock = threading.Lock()
 
     def submitted(self, tasks: Sequence[TaskMessage]) -> None:

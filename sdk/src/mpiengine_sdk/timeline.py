@@ -232,17 +232,36 @@ def _close(figure: Any) -> None:
 
 
 class TimelineRecorder:
-    """Collects records for an Executor: the submit side, then the result side of each task."""
+    """Collects records for an Executor: the submit side, then the result side of each task.
 
-    def __init__(self) -> None:
+    Only what a record needs is kept between submit and result (never the task's payload), and
+    at most ``max_records`` finished records, the oldest dropped first (0: none are kept, the
+    caller stores what ``finished`` returns).
+
+    Args:
+        max_records: how many finished records ``timeline()`` can return.
+    """
+
+    def __init__(self, max_records: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._submitted: dict[str, tuple[TaskMessage, float]] = {}
+        # task id -> (name, kind, ranks, cpus per rank, gpus per rank, queued at)
+        self._submitted: dict[str, tuple[str, str, int, int, int, float]] = {}
         self._records: dict[str, TimelineRecord] = {}
+        self._max_records = max_records
 
     def submitted(self, task: TaskMessage) -> None:
         """Note a task sent to the endpoint, and when."""
+        spec = task.spec
+        entry = (
+            task.name,
+            task.kind.value,
+            int(spec.get("num_ranks") or 1),
+            int(spec.get("cpus_per_rank") or 1),
+            int(spec.get("gpus_per_rank") or 0),
+            time.time(),
+        )
         with self._lock:
-            self._submitted[task.task_id] = (task, time.time())
+            self._submitted[task.task_id] = entry
 
     def finished(self, msg: ResultMessage) -> TimelineRecord | None:
         """Turn a task's final result into its record.
@@ -254,24 +273,26 @@ class TimelineRecorder:
             entry = self._submitted.pop(msg.task_id, None)
             if entry is None:
                 return None
-            task, queued = entry
-            spec = task.spec
-            ranks = int(spec.get("num_ranks") or msg.num_ranks or 1)
-            self._records[msg.task_id] = TimelineRecord(
+            name, kind, ranks, cpus, gpus, queued = entry
+            record = TimelineRecord(
                 task_id=msg.task_id,
-                name=task.name,
-                kind=task.kind.value,
+                name=name,
+                kind=kind,
                 block=msg.block_id,
                 nodes=tuple(msg.nodes),
                 ranks=msg.num_ranks or ranks,
-                cores=ranks * int(spec.get("cpus_per_rank") or 1),
-                gpus=ranks * int(spec.get("gpus_per_rank") or 0),
+                cores=ranks * cpus,
+                gpus=ranks * gpus,
                 queued=queued,
                 started=msg.started,
                 ended=msg.ended,
                 state=str(msg.state.value),
             )
-            return self._records[msg.task_id]
+            if self._max_records > 0:
+                self._records[msg.task_id] = record
+                while len(self._records) > self._max_records:
+                    del self._records[next(iter(self._records))]  # the oldest result
+            return record
 
     def timeline(self) -> Timeline:
         """The records of every finished task, oldest submit first."""
