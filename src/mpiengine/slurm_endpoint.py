@@ -177,6 +177,8 @@ class BatchEndpoint:
     def shutdown(self, wait: bool = True) -> None:
         """Stop the engine (with ``wait``, let tasks finish), then cancel every block's job."""
         if self._engine is not None:
+            if self._timeline is not None:  # the failed nodes, for the timeline's picture
+                self._timeline.note_excluded(self._engine.status().excluded_nodes)
             self._engine.shutdown(wait=wait)
         if self._manager is not None:
             self._manager.close()

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mpiengine_sdk.timeline import Timeline, TimelineRecorder, record_from_dict
 from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
-__all__ = ["TIMELINE", "TimelineStore", "read_timeline"]
+__all__ = ["EXCLUDED", "TIMELINE", "TimelineStore", "read_timeline"]
 
 #: The timeline file, in an endpoint's work folder.
 TIMELINE = "timeline.jsonl"
+#: The endpoint's failed (excluded) nodes, ``{block: {node: why}}``, written at shutdown.
+EXCLUDED = "timeline-excluded.json"
 
 
 class TimelineStore:
@@ -50,6 +53,16 @@ class TimelineStore:
             except OSError:
                 pass  # the timeline is a record of the run, never a reason to hold a result
 
+    def note_excluded(self, excluded: Mapping[str, Mapping[str, str]]) -> None:
+        """Keep the endpoint's failed (excluded) nodes beside the records (replacing any)."""
+        doc = {block: dict(nodes) for block, nodes in excluded.items()}
+        tmp = self.path.with_name(EXCLUDED + ".tmp")
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.path.with_name(EXCLUDED))
+        except OSError:
+            pass  # a record of the run, never a reason to fail a shutdown
+
 
 def read_timeline(workdir: Path) -> Timeline:
     """The records kept in ``workdir`` (oldest submit first; unreadable lines skipped).
@@ -67,4 +80,10 @@ def read_timeline(workdir: Path) -> Timeline:
             records.append(record_from_dict(json.loads(line)))
         except (ValueError, KeyError, TypeError):
             continue
-    return Timeline(sorted(records, key=lambda r: r.queued))
+    try:
+        excluded = json.loads((workdir / EXCLUDED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        excluded = {}
+    if not isinstance(excluded, dict):
+        excluded = {}
+    return Timeline(sorted(records, key=lambda r: r.queued), excluded=excluded)

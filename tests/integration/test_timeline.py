@@ -190,3 +190,26 @@ def test_the_timeline_command_says_what_is_missing(tmp_path):
     result = CliRunner().invoke(main, ["timeline", "--workdir", str(tmp_path), "-o", "x.csv"])
     assert result.exit_code == 1
     assert f"no finished tasks recorded in {tmp_path / 'timeline.jsonl'}" in result.output
+
+
+def test_excluded_nodes_are_shaded_rows_marked_excluded(tmp_path):
+    require(_has_matplotlib(), "matplotlib", "pip install -e './sdk[timeline]'")
+    from matplotlib import colors, image
+
+    from mpiengine_sdk.timeline import EXCLUDED_COLOUR
+
+    ran = TimelineRecord("t", "x", "shell", "b1", ("n1",), 1, 1, 0, 0.0, 1.0, 3.0, "completed")
+    records = Timeline([ran], excluded={"b1": {"n2": "down"}})
+    path = records.to_png(tmp_path / "x.png")
+    figure, bars = chart(records, excluded=records.excluded)
+    ax = figure.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["b1: n1", "b1: n2 (excluded)"]
+    assert len(bars) == 1
+    figure.canvas.draw()
+    picture = image.imread(path)
+    height = picture.shape[0]
+    px, py = ax.transData.transform((1.0, 1))  # the middle of the excluded row
+    pixel = picture[height - int(round(py)), int(round(px))][:3]
+    want = colors.to_rgb(EXCLUDED_COLOUR)
+    assert max(abs(a - b) for a, b in zip(pixel, want, strict=True)) < 0.02

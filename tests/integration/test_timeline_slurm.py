@@ -46,6 +46,8 @@ def test_a_slurm_endpoint_keeps_where_each_task_ran(
         assert record.started == result.started and record.ended == result.ended
         assert record.state == "completed"
     assert len(records[futures[-1].task_id].nodes) == 2
+    assert (tmp_path / "ep" / "timeline-excluded.json").exists()  # written at shutdown
+    assert read_timeline(tmp_path / "ep").excluded == {}  # no node failed
     # Delivered: gc may remove these sandboxes, and says so.
     assert set(read_ledger(tmp_path / "ep")) == set(records)
     out = tmp_path / "slurm.csv"

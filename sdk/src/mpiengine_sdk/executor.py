@@ -325,8 +325,22 @@ class Executor(concurrent.futures.Executor):
 
     def timeline(self) -> Timeline:
         """Where and when each finished task of this executor ran (see
-        :mod:`mpiengine_sdk.timeline`): records with ``to_csv``, ``to_html`` and ``to_png``."""
-        return self._timeline.timeline()
+        :mod:`mpiengine_sdk.timeline`): records with ``to_csv``, ``to_html`` and ``to_png``.
+
+        With an endpoint in this process (embedded or batch), its failed (excluded) nodes come
+        along (``Timeline.excluded``) and are drawn as shaded rows; through a relay they are not
+        asked for (that would be a round trip).
+        """
+        records = self._timeline.timeline()
+        status = getattr(self._backend, "status", None)
+        if getattr(self._backend, "workdir", None) is not None and callable(status):
+            try:
+                excluded = getattr(status(), "excluded_nodes", None)
+            except BackendError:
+                excluded = None  # not started or already stopped: the records still stand
+            if isinstance(excluded, Mapping):
+                records.excluded = {b: dict(nodes) for b, nodes in excluded.items()}
+        return records
 
     def outstanding(self) -> list[TaskFuture]:
         """Futures not yet resolved, in submission order."""

@@ -15,7 +15,7 @@ import html
 import io
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
 __all__ = [
+    "EXCLUDED_COLOUR",
     "STATE_COLOURS",
     "Timeline",
     "TimelineRecord",
@@ -108,7 +109,26 @@ def record_from_dict(data: dict[str, Any]) -> TimelineRecord:
 
 
 class Timeline(list[TimelineRecord]):
-    """A list of TimelineRecord, oldest submit first, that writes itself as CSV, HTML or PNG."""
+    """A list of TimelineRecord, oldest submit first, that writes itself as CSV, HTML or PNG.
+
+    Args:
+        records: the records.
+        excluded: block id -> {node: why}: the endpoint's failed (excluded) nodes, drawn as
+            shaded rows in the PNG.
+
+    Attributes:
+        excluded: as given (empty when unknown).
+    """
+
+    def __init__(
+        self,
+        records: Iterable[TimelineRecord] = (),
+        excluded: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        super().__init__(records)
+        self.excluded: dict[str, dict[str, str]] = {
+            block: dict(nodes) for block, nodes in (excluded or {}).items()
+        }
 
     def to_csv(self, path: str | Path | None = None) -> str:
         """The records as CSV (a header row, then one row per task; nodes space-separated).
@@ -162,15 +182,30 @@ class Timeline(list[TimelineRecord]):
         Raises:
             ImportError: matplotlib is not installed (the ``timeline`` extra).
         """
-        figure, _ = chart(self, title=title)
+        figure, _ = chart(self, title=title, excluded=self.excluded)
         target = Path(path)
         figure.savefig(target, format="png", dpi=100)
         _close(figure)
         return target
 
 
-def chart(records: Iterable[TimelineRecord], *, title: str = "mpiengine timeline") -> Any:
+#: Fill of an excluded node's row (a failed node no task is placed on any more).
+EXCLUDED_COLOUR = "mistyrose"
+
+
+def chart(
+    records: Iterable[TimelineRecord],
+    *,
+    title: str = "mpiengine timeline",
+    excluded: Mapping[str, Mapping[str, str]] | None = None,
+) -> Any:
     """The Gantt chart as a matplotlib figure, and its bars.
+
+    Args:
+        records: the tasks.
+        title: the chart's title.
+        excluded: block id -> {node: why}: failed nodes, drawn as shaded rows marked
+            "excluded" (a row even when no task ran there).
 
     Returns:
         ``(figure, bars)``: ``bars`` is a list of ``(record, node, rectangle)``, one per task per
@@ -191,11 +226,15 @@ def chart(records: Iterable[TimelineRecord], *, title: str = "mpiengine timeline
             "(to_csv and to_html need nothing)"
         ) from exc
     ran = [r for r in records if r.started is not None and r.ended is not None and r.nodes]
-    rows: list[tuple[str, str]] = sorted({(r.block, n) for r in ran for n in r.nodes})
+    excluded = excluded or {}
+    shut = {(block, node) for block, nodes in excluded.items() for node in nodes}
+    rows: list[tuple[str, str]] = sorted({(r.block, n) for r in ran for n in r.nodes} | shut)
     index = {row: i for i, row in enumerate(rows)}
     origin = min((r.started for r in ran if r.started is not None), default=0.0)
     figure = Figure(figsize=(10, 1.5 + 0.45 * max(len(rows), 1)))
     ax = figure.add_subplot()
+    for row in shut:
+        ax.axhspan(index[row] - 0.5, index[row] + 0.5, color=EXCLUDED_COLOUR, zorder=0)
     bars = []
     for record in ran:
         assert record.started is not None and record.ended is not None
@@ -212,13 +251,20 @@ def chart(records: Iterable[TimelineRecord], *, title: str = "mpiengine timeline
     for i in range(1, len(rows)):  # block boundaries: a line between two blocks' rows
         if rows[i][0] != rows[i - 1][0]:
             ax.axhline(i - 0.5, color="black", linewidth=1.5)
-    ax.set_yticks(range(len(rows)), [f"{block or '-'}: {node}" for block, node in rows])
+    labels = [
+        f"{block or '-'}: {node}" + (" (excluded)" if (block, node) in shut else "")
+        for block, node in rows
+    ]
+    ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first task started")
     ax.set_title(title)
     states = sorted({r.state for r in ran})
+    handles = [Patch(color=STATE_COLOURS.get(s, _OTHER_COLOUR), label=s) for s in states]
+    if shut:
+        handles.append(Patch(color=EXCLUDED_COLOUR, label="excluded node"))
     ax.legend(
-        handles=[Patch(color=STATE_COLOURS.get(s, _OTHER_COLOUR), label=s) for s in states],
+        handles=handles,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),  # outside the axes: a legend never hides a bar
         fontsize="small",
