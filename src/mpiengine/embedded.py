@@ -21,7 +21,7 @@ from mpiengine.binding import Binding
 from mpiengine.blocks.local import LocalBlock, virtual_node_names
 from mpiengine.engine import Engine, EngineStatus
 from mpiengine.launchers import load_launcher
-from mpiengine.retention import EmbeddedRetention
+from mpiengine.retention import EndpointRetention
 from mpiengine.scheduler import BlockInfo, BlockShape
 from mpiengine.timeline_store import TimelineStore
 from mpiengine_sdk.backend import ResultSink
@@ -119,7 +119,7 @@ class EmbeddedEndpoint:
             gpu_vendor = "nvidia"
         self._gpu_vendor = Binding(gpu_vendor=gpu_vendor).gpu_vendor  # validated
         self.workdir = Path(workdir) if workdir is not None else _fresh_workdir()
-        self._retention = EmbeddedRetention(
+        self._retention = EndpointRetention(
             self.workdir,
             keep=workdir is not None or keep_sandboxes,
             owned=workdir is None,

@@ -12,7 +12,8 @@ never touched. The rules, applied by :func:`plan` on an injectable clock:
 Deletion is of whole task folders only: a direct child of ``WORKDIR/tasks`` whose name is a
 valid task id, never a symlink, removed with ``shutil.rmtree``.
 
-The embedded endpoint (``EmbeddedRetention``) keeps nothing by default: at shutdown it removes
+An endpoint applies the policy through ``EndpointRetention``. The embedded endpoint keeps
+nothing by default: at shutdown it removes
 the sandboxes of delivered tasks that succeeded, and its run folder when nothing is left;
 failed tasks' sandboxes stay for post-mortems; a ``workdir`` given or ``keep_sandboxes=True``
 keeps everything.
@@ -36,7 +37,7 @@ from mpiengine_sdk.wire import ResultMessage
 __all__ = [
     "LEDGER",
     "Delivery",
-    "EmbeddedRetention",
+    "EndpointRetention",
     "GcReport",
     "Sandbox",
     "collect",
@@ -264,9 +265,10 @@ def remove_empty_run(
     return True
 
 
-class EmbeddedRetention:
-    """The embedded endpoint's policy: note each delivery; at shutdown, unless asked to keep
-    them, remove the sandboxes of tasks that succeeded, and the run folder if nothing is left.
+class EndpointRetention:
+    """An endpoint's policy: note each delivery; at shutdown, unless asked to keep them, remove
+    the sandboxes of tasks that succeeded, and the run folder if nothing is left (the embedded
+    endpoint in a fresh folder; a batch endpoint always keeps them).
 
     With ``max_age`` or ``max_bytes`` (an endpoint service's ``sandbox_max_age`` and
     ``sandbox_max_bytes`` engine options) it also applies :func:`collect` while it runs, at

@@ -10,7 +10,6 @@ makes the manager request blocks.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ from mpiengine.blocks.provider import BlockProvider, make_provider
 from mpiengine.config import EndpointConfig, load_config
 from mpiengine.engine import Engine, EngineStatus
 from mpiengine.launchers import load_launcher
-from mpiengine.retention import record_delivery
+from mpiengine.retention import EndpointRetention
 from mpiengine.scheduler import BlockShape
 from mpiengine.timeline_store import TimelineStore
 from mpiengine_sdk.backend import ResultSink
@@ -47,6 +46,10 @@ class BatchEndpoint:
             ``blocks/``.
         provider: where blocks come from (default: the Parsl provider the config names).
         tick_interval: seconds between the block manager's scaling decisions.
+        sandbox_max_age: while running, remove a delivered task's sandbox this many seconds
+            after delivery; None: never (see mpiengine.retention).
+        sandbox_max_bytes: while running, keep all sandboxes under this many bytes, removing
+            delivered ones oldest first; None: no limit.
 
     Raises:
         ConfigError: the config is invalid.
@@ -59,6 +62,8 @@ class BatchEndpoint:
         workdir: str | Path | None = None,
         provider: BlockProvider | None = None,
         tick_interval: float = 0.5,
+        sandbox_max_age: float | None = None,
+        sandbox_max_bytes: int | None = None,
     ) -> None:
         self.config = config if isinstance(config, EndpointConfig) else load_config(config)
         cfg = self.config
@@ -78,6 +83,13 @@ class BatchEndpoint:
         self._tick_interval = tick_interval
         self._engine: Engine | None = None
         self._timeline: TimelineStore | None = None
+        self._retention = EndpointRetention(
+            self.workdir,
+            keep=True,
+            owned=False,
+            max_age=sandbox_max_age,
+            max_bytes=sandbox_max_bytes,
+        )
         self._manager: BlockManager | None = None
 
     @classmethod
@@ -127,14 +139,12 @@ class BatchEndpoint:
         # process's; the engine only adds the task's own variables.
         timeline = TimelineStore(self.workdir)
         self._timeline = timeline
-        workdir = self.workdir
+        retention = self._retention
 
         def deliver(msg: ResultMessage) -> None:
-            # The ledger lets `mpiengine gc` remove delivered tasks' sandboxes (never a running
-            # one's); the timeline lets `mpiengine timeline` draw where each task ran.
-            if msg.state.terminal:
-                with contextlib.suppress(OSError):
-                    record_delivery(workdir, msg)
+            # The ledger lets retention and `mpiengine gc` remove delivered tasks' sandboxes
+            # (never a running one's); the timeline lets `mpiengine timeline` draw the run.
+            retention.delivered(msg)
             timeline.finished(msg)
             sink(msg)
 
@@ -180,6 +190,7 @@ class BatchEndpoint:
             if self._timeline is not None:  # the failed nodes, for the timeline's picture
                 self._timeline.note_excluded(self._engine.status().excluded_nodes)
             self._engine.shutdown(wait=wait)
+            self._retention.finish()  # waits for a collection under way; keeps the sandboxes
         if self._manager is not None:
             self._manager.close()
 

@@ -12,7 +12,7 @@ from mpiengine.cli import main
 from mpiengine.retention import (
     LEDGER,
     Delivery,
-    EmbeddedRetention,
+    EndpointRetention,
     Sandbox,
     collect,
     plan,
@@ -186,7 +186,7 @@ def result(task_id: str, ok: bool = True) -> ResultMessage:
 
 def test_a_running_endpoint_collects_by_age_at_most_once_per_interval(tmp_path):
     clock = FakeClock(1000.0)
-    policy = EmbeddedRetention(
+    policy = EndpointRetention(
         tmp_path, keep=True, owned=False, max_age=100.0, interval=10.0, clock=clock
     )
     first = make_sandbox(tmp_path, "first", 10)
@@ -208,6 +208,28 @@ def test_a_running_endpoint_collects_by_age_at_most_once_per_interval(tmp_path):
 
 def test_retention_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"^sandbox_max_age: must be a number >= 0 or None"):
-        EmbeddedRetention(tmp_path, keep=False, owned=False, max_age=-1)
+        EndpointRetention(tmp_path, keep=False, owned=False, max_age=-1)
     with pytest.raises(ConfigError, match=r"^sandbox_max_bytes: .*got '1G'"):
-        EmbeddedRetention(tmp_path, keep=False, owned=False, max_bytes="1G")  # type: ignore[arg-type]
+        EndpointRetention(tmp_path, keep=False, owned=False, max_bytes="1G")  # type: ignore[arg-type]
+
+
+def test_an_endpoint_service_keeps_sandboxes_a_week_unless_told(tmp_path):
+    from mpiengine.service.engines import SERVICE_SANDBOX_MAX_AGE, make_backend
+
+    assert SERVICE_SANDBOX_MAX_AGE == 7 * DAY
+    embedded = make_backend("embedded", {"nodes": 1}, tmp_path / "a")
+    assert embedded._retention.max_age == 7 * DAY  # type: ignore[attr-defined]
+    assert embedded._retention.keep  # type: ignore[attr-defined]
+    told = make_backend(
+        "embedded",
+        {"nodes": 1, "sandbox_max_age": None, "sandbox_max_bytes": 10**9},
+        tmp_path / "b",
+    )
+    assert told._retention.max_age is None  # type: ignore[attr-defined]
+    assert told._retention.max_bytes == 10**9  # type: ignore[attr-defined]
+    batch_options = {"provider": "local", "nodes_per_block": 1, "cores_per_node": 1}
+    batch = make_backend("batch", batch_options | {"sandbox_max_bytes": 5}, tmp_path / "c")
+    assert batch._retention.max_age == 7 * DAY  # type: ignore[attr-defined]
+    assert batch._retention.max_bytes == 5  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"^sandbox_max_age: must be a number >= 0 or None"):
+        make_backend("batch", batch_options | {"sandbox_max_age": "soon"}, tmp_path / "d")

@@ -26,7 +26,7 @@ from mpiengine_sdk.errors import ConfigError
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage
 
-__all__ = ["NullBackend", "backend_status", "make_backend"]
+__all__ = ["SERVICE_SANDBOX_MAX_AGE", "NullBackend", "backend_status", "make_backend"]
 
 _NONE = dill.dumps(None)
 
@@ -72,6 +72,11 @@ class NullBackend:
         return {"blocks": 0, "nodes": 0, "waiting": 0, "running": 0, "completed": self._done}
 
 
+#: An endpoint service removes a delivered task's sandbox a week after delivery unless its
+#: engine options say otherwise (``sandbox_max_age``: seconds, or null to keep them).
+SERVICE_SANDBOX_MAX_AGE = 7 * 24 * 3600.0
+
+
 def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Backend:
     """Build the engine an endpoint config names.
 
@@ -85,6 +90,7 @@ def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Back
 
         opts = dict(options)
         opts.setdefault("workdir", workdir)
+        opts.setdefault("sandbox_max_age", SERVICE_SANDBOX_MAX_AGE)
         try:
             return EmbeddedEndpoint(**opts)
         except TypeError as exc:
@@ -112,6 +118,9 @@ def _batch_backend(options: Mapping[str, Any], workdir: Path) -> Backend:
     from mpiengine.slurm_endpoint import BatchEndpoint
 
     opts = dict(options)
+    # Retention is the service's, not the batch config's: taken out before the config is checked.
+    max_age = opts.pop("sandbox_max_age", SERVICE_SANDBOX_MAX_AGE)
+    max_bytes = opts.pop("sandbox_max_bytes", None)
     path = opts.pop("config", None)
     if path is not None and opts:
         raise ConfigError(
@@ -120,7 +129,12 @@ def _batch_backend(options: Mapping[str, Any], workdir: Path) -> Backend:
         )
     config = load_config(Path(str(path)).expanduser() if path is not None else opts)
     # The sandboxes and blocks/ go to the service's own work/ folder unless the config names one.
-    return BatchEndpoint(config, workdir=workdir if config.workdir is None else None)
+    return BatchEndpoint(
+        config,
+        workdir=workdir if config.workdir is None else None,
+        sandbox_max_age=max_age,
+        sandbox_max_bytes=max_bytes,
+    )
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
