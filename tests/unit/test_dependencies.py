@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import dill
 import pytest
@@ -164,10 +163,12 @@ def test_cancelling_a_waiting_dependent_never_sends_it(hand):
     assert "second" not in backend.cancelled  # held in the client: nothing to kill remotely
     backend.finish_python("first", 3)
     assert first.result(timeout=10) == 3
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:  # give a wrongly scheduled launch the chance to happen
-        assert "second" not in backend.tasks
-        time.sleep(0.05)
+    # The dependency's callbacks ran inside finish_python and started the launch thread (if
+    # any); once it has ended, a wrongly scheduled launch would have happened.
+    for thread in threading.enumerate():
+        if thread.name == "deps-second":
+            thread.join(timeout=10)
+    assert "second" not in backend.tasks
     assert ex.outstanding() == []
 
 
