@@ -386,6 +386,8 @@ def endpoints(config_path: Path | None) -> None:
         for record in _admin(config_path).store.endpoints():
             view = endpoint_view(record, threshold, time.time())
             state = "online" if view["online"] else "offline"
+            if view["multi_user"]:
+                state += "  multi-user"
             shared = ",".join(record.allowed) or "-"
             click.echo(
                 f"{record.id}  {record.name}  owner={record.owner}  {state}  shared={shared}"

@@ -24,6 +24,7 @@ import pytest
 
 from mpiengine.multiuser.allowlist import function_hash
 from mpiengine.multiuser.manager import MANAGER_ENGINE
+from mpiengine.relay.access import endpoint_view
 from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness, wait_for
 from mpiengine_sdk import Executor, ShellFunction, ShellResult
 from mpiengine_sdk.errors import AuthorizationError, ConfigError
@@ -319,6 +320,9 @@ def test_sigterm_of_the_manager_stops_every_user_endpoint(
             "both user endpoints in the heartbeat status",
         )
         assert status["multi_user"] is True
+        record = manager.harness.admin.store.endpoint(manager.endpoint_id)
+        assert record is not None
+        assert endpoint_view(record, 30.0, time.time())["multi_user"] is True
         started = time.monotonic()
         assert manager.stop() == 0
         # service grace (5 s) + the manager's stop_grace (5 s), with room for a loaded host

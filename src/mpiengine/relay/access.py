@@ -28,13 +28,16 @@ def authorize_endpoint(store: RelayStore, user: str, endpoint_id: object) -> End
 
 
 def endpoint_view(record: EndpointRecord, threshold: float, now: float) -> dict[str, Any]:
-    """An endpoint as clients see it, with ``online`` from its last heartbeat."""
+    """An endpoint as clients see it, with ``online`` from its last heartbeat and
+    ``multi_user`` when it is a multi-user manager (each principal's tasks run as its own
+    local account; its heartbeat says so)."""
     online = record.last_seen is not None and now - record.last_seen <= threshold
     return {
         "id": record.id,
         "name": record.name,
         "owner": record.owner,
         "online": online,
+        "multi_user": bool((record.status or {}).get("multi_user")),
         "last_seen": record.last_seen,
         "status": record.status or {},
     }
