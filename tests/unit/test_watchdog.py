@@ -99,7 +99,13 @@ class Owner:
         return pids
 
     def watchdog(self) -> int:
-        found = [c.pid for c in psutil.Process(self.proc.pid).children() if WATCHDOG in c.cmdline()]
+        found = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:  # a killed watchdog not yet reaped is a zombie: it has no cmdline any more
+                if WATCHDOG in child.cmdline():
+                    found.append(child.pid)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
         assert len(found) == 1, found
         self.pids += found
         return found[0]
