@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "MODES",
     "NODES",
+    "WORKLOADS",
     "PackingTask",
     "Side",
     "Waited",
@@ -37,6 +39,8 @@ __all__ = [
     "run_latency",
     "run_packing",
     "wait_all",
+    "walltime_for",
+    "workload",
 ]
 
 #: Virtual nodes on both sides.
@@ -55,8 +59,9 @@ class Side(Protocol):
         """Run ``true`` on 1 node x 1 rank."""
         ...
 
-    def submit_sleep(self, nodes: int, seconds: float) -> Future[Any]:
-        """Hold ``nodes`` whole nodes and sleep ``seconds``."""
+    def submit_sleep(self, nodes: int, seconds: float, walltime: float | None) -> Future[Any]:
+        """Hold ``nodes`` whole nodes and sleep ``seconds``, with ``walltime`` if the side
+        takes one (None: none given)."""
         ...
 
 
@@ -75,6 +80,63 @@ def packing_workload(count: int, seed: int) -> list[PackingTask]:
         PackingTask(rng.choice(PACK_NODE_CHOICES), round(rng.uniform(*PACK_SLEEP), 3))
         for _ in range(count)
     ]
+
+
+def alternating_workload(pairs: int = 20, seconds: float = 1.0) -> list[PackingTask]:
+    """``pairs`` x (one task on every node, then a one-node task), each ``seconds`` long: a
+    head that needs the whole block behind every small task (FIFO alternates: 1.9 x)."""
+    return [PackingTask(n, seconds) for _ in range(pairs) for n in (NODES, 1)]
+
+
+def long_head_workload(count: int = 16, scale: float = 1.0) -> list[PackingTask]:
+    """One half-block task of 6 s, then ``count`` whole-block tasks of 0.5 s, then ``count``
+    one-node tasks of 1 s (times x ``scale``): the small tasks fit beside the long one, the
+    wide ones do not (the best is 14 s: 1.17 x the area bound)."""
+    return (
+        [PackingTask(NODES // 2, 6.0 * scale)]
+        + [PackingTask(NODES, 0.5 * scale)] * count
+        + [PackingTask(1, 1.0 * scale)] * count
+    )
+
+
+#: The packing workloads: name -> what it is. ``workload(name, ...)`` builds one.
+WORKLOADS = {
+    "packing": "{count} tasks of 1/2/4/8 whole nodes, sleep 0.2-2.0 s (seed {seed})",
+    "alternating": "{count} x (16-node 1 s, then 1-node 1 s), alternating",
+    "long-head": "one 8-node 6 s, then {count} x 16-node 0.5 s, then {count} x 1-node 1 s",
+}
+
+#: How the tasks give walltimes: none; three times their sleep (a user's usual guess); their
+#: sleep plus ``EXACT_MARGIN`` (what starting the process takes, so that no task is killed).
+MODES = ("none", "3x", "exact")
+EXACT_MARGIN = 0.1
+
+
+def workload(name: str, count: int, seed: int, quick: bool = False) -> list[PackingTask]:
+    """The workload ``name`` (see :data:`WORKLOADS`) of ``count`` tasks (pairs for
+    alternating, wide and small tasks each for long-head); ``quick``: times x 0.2."""
+    if name == "packing":
+        tasks = packing_workload(count, seed)
+    elif name == "alternating":
+        tasks = alternating_workload(count)
+    elif name == "long-head":
+        tasks = long_head_workload(count)
+    else:
+        raise ValueError(f"unknown workload {name!r}; known: {sorted(WORKLOADS)}")
+    if quick:
+        tasks = [PackingTask(t.nodes, round(t.seconds * 0.2, 3)) for t in tasks]
+    return tasks
+
+
+def walltime_for(mode: str, seconds: float) -> float | None:
+    """The walltime a task of ``seconds`` gives in ``mode`` (see :data:`MODES`)."""
+    if mode == "none":
+        return None
+    if mode == "3x":
+        return 3 * seconds
+    if mode == "exact":
+        return seconds + EXACT_MARGIN
+    raise ValueError(f"unknown walltime mode {mode!r}; known: {list(MODES)}")
 
 
 def lower_bound(tasks: Sequence[PackingTask], nodes: int = NODES) -> float:
@@ -249,17 +311,36 @@ def run_latency(side: Side, rounds: int, *, warmup: int, timeout: float) -> dict
 
 
 def run_packing(
-    side: Side, workload: Sequence[PackingTask], *, warmup: int, stall: float, deadline: float
+    side: Side,
+    workload: Sequence[PackingTask],
+    *,
+    warmup: int,
+    stall: float,
+    deadline: float,
+    mode: str = "none",
 ) -> dict[str, Any]:
-    """Submit the whole workload at once; makespan against the area lower bound."""
+    """Submit the whole workload at once, with walltimes as ``mode`` says; makespan against
+    the area lower bound, and the largest task's wait: the longest time a task of the most
+    nodes spent between its submit and its result beyond its own sleep (its queueing, plus
+    the start and report of one process)."""
     warm = _warm(side, warmup, deadline=120.0)
     start = time.perf_counter()
-    futures = [side.submit_sleep(t.nodes, t.seconds) for t in workload]
+    futures = []
+    submitted = []
+    for t in workload:
+        submitted.append(time.perf_counter())
+        futures.append(side.submit_sleep(t.nodes, t.seconds, walltime_for(mode, t.seconds)))
     waited = wait_all(futures, stall=stall, deadline=deadline)
     makespan = waited.last(start) - start
     bound = lower_bound(workload)
     area = sum(t.nodes * t.seconds for t in workload)
     done_area = sum(workload[i].nodes * workload[i].seconds for i in waited.done_at)
+    widest = max((t.nodes for t in workload), default=0)
+    waits = [
+        done - submitted[i] - workload[i].seconds
+        for i, done in waited.done_at.items()
+        if workload[i].nodes == widest
+    ]
     return {
         "tasks": len(workload),
         "area_node_s": area,
@@ -269,6 +350,7 @@ def run_packing(
         "utilisation": done_area / (NODES * makespan) if makespan > 0 else math.nan,
         "completed": waited.ok,
         "lost": waited.lost,
+        "largest_wait_s": max(waits, default=math.nan),
         "raised": waited.raised,
         "unresolved": waited.unresolved,
         "warmup_lost": warm.lost,

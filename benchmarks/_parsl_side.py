@@ -83,7 +83,9 @@ class ParslSide:
     def submit_true(self) -> Future[Any]:
         return self._submit("true", 1)
 
-    def submit_sleep(self, nodes: int, seconds: float) -> Future[Any]:
+    def submit_sleep(self, nodes: int, seconds: float, walltime: float | None) -> Future[Any]:
+        # A bash app's walltime only kills; Parsl's MPI scheduling never reads it, so the
+        # tasks are submitted without one whatever the run's walltime mode.
         return self._submit(f"sleep {seconds}", nodes)
 
     def close(self, timeout: float = 60.0) -> bool:
@@ -158,7 +160,7 @@ def _measure(section: str, side: ParslSide, args: argparse.Namespace) -> dict[st
         )
     if section == "latency":
         return common.run_latency(side, args.tasks, warmup=args.warmup, timeout=args.stall)
-    workload = common.packing_workload(args.tasks, args.seed)
+    workload = common.workload(args.workload, args.tasks, args.seed, quick=args.quick)
     return common.run_packing(
         side, workload, warmup=args.warmup, stall=args.stall, deadline=args.deadline
     )
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--stall", type=float, default=30.0)
     parser.add_argument("--deadline", type=float, default=600.0)
+    parser.add_argument("--workload", choices=sorted(common.WORKLOADS), default="packing")
+    parser.add_argument("--quick", action="store_true", help="packing times x 0.2")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     # Orphans (the worker pool, started in the background of a shell that exits) re-parent to
