@@ -297,6 +297,14 @@ def test_a_failing_callback_does_not_stop_the_runner(spec, caplog) -> None:
 
 
 @pytest.mark.mpi
+def _cmdline(process: psutil.Process) -> list[str]:
+    """A process's argv; empty for one already gone (a zombie not yet reaped has none)."""
+    try:
+        return process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
+
+
 def test_walltime_kills_every_rank_of_mpiexec(runner, collector, spec, mpi: str) -> None:
     # Written then renamed: a reader never sees an empty pid file. The walltime leaves room
     # for four ranks to start on a loaded host before it kills them.
@@ -307,12 +315,9 @@ def test_walltime_kills_every_rank_of_mpiexec(runner, collector, spec, mpi: str)
     ranks = [psutil.Process(int(p.read_text())) for p in task.sandbox.glob("pid.*")]
     # The launcher and its hydra proxies too: every descendant of this test process but the
     # runner's watchdog (it lives until the runner is closed).
-    tree = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "mpiengine.runner.watchdog" not in p.cmdline()
-    ]
-    assert any("mpiexec" in " ".join(p.cmdline()) for p in tree)
+    live = {p: _cmdline(p) for p in psutil.Process().children(recursive=True)}
+    tree = [p for p, cmd in live.items() if cmd and "mpiengine.runner.watchdog" not in cmd]
+    assert any("mpiexec" in " ".join(live[p]) for p in tree)
     done = collector.get()
     assert done.returncode == 124 and done.timed_out
     assert_all_gone(ranks + tree)

@@ -98,7 +98,7 @@ class Owner:
         self.pids += pids
         return pids
 
-    def watchdog(self) -> int:
+    def live_watchdogs(self) -> list[int]:
         found = []
         for child in psutil.Process(self.proc.pid).children():
             try:  # a killed watchdog not yet reaped is a zombie: it has no cmdline any more
@@ -106,6 +106,11 @@ class Owner:
                     found.append(child.pid)
             except (psutil.ZombieProcess, psutil.NoSuchProcess):
                 continue
+        return found
+
+    def watchdog(self) -> int:
+        wait_until(lambda: len(self.live_watchdogs()) == 1, 30, "one live watchdog")
+        found = self.live_watchdogs()
         assert len(found) == 1, found
         self.pids += found
         return found[0]
@@ -237,8 +242,12 @@ def test_nothing_registered_means_a_quiet_exit() -> None:
 
 def test_a_killed_watchdog_is_replaced_and_told_every_running_task(owner: Owner) -> None:
     first = owner.start("first")
-    os.kill(owner.watchdog(), signal.SIGKILL)
-    second = owner.start("second")  # its registration finds the pipe broken: a new watchdog
+    killed = owner.watchdog()
+    os.kill(killed, signal.SIGKILL)
+    # Once it is dead (its pipe's read end closed), the next registration finds the pipe
+    # broken and starts a new watchdog; before that, the write would still succeed.
+    wait_until(lambda: gone(killed), 30, "the first watchdog died")
+    second = owner.start("second")
     replacement = owner.watchdog()
     owner.proc.kill()
     owner.proc.wait(30)
