@@ -40,6 +40,9 @@ __all__ = ["Engine", "EngineStatus"]
 
 log = logging.getLogger(__name__)
 
+#: The shortest wait for a running task's predicted end (seconds).
+_WAKE_MIN = 0.01
+
 
 @dataclass
 class _Task:
@@ -274,11 +277,13 @@ class Engine:
 
     def _timeout(self) -> float:
         """How long to wait for an event: until the next tick, or sooner when a running task
-        would outlive its estimate (the scheduler then moves the head's reservation)."""
+        would outlive its estimate (the scheduler then moves the head's reservation); not
+        sooner than ``_WAKE_MIN``: with tasks of milliseconds, their completions come as
+        often, and each event corrects the estimates anyway."""
         wake = self._scheduler.next_wake
         if wake is None:
             return self._tick_interval
-        return min(self._tick_interval, max(wake - time.monotonic(), 0.001))
+        return min(self._tick_interval, max(wake - time.monotonic(), _WAKE_MIN))
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
