@@ -14,13 +14,13 @@ import contextlib
 import logging
 import os
 import re
-import selectors
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpiengine import detach
 from mpiengine_sdk.errors import BackendError, ConfigError
 
 __all__ = [
@@ -150,7 +150,7 @@ def start_detached(instance: RelayInstance, timeout: float = 60.0) -> int:
     instance.ready.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "mpiengine.cli_remote", "relay", "serve", "--config"]
     argv += [str(config), "--instance", instance.name, "--ready-file", str(instance.ready)]
-    pid = _spawn(argv, instance.log)
+    pid = detach.spawn(argv, instance.log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -159,40 +159,14 @@ def start_detached(instance: RelayInstance, timeout: float = 60.0) -> int:
                 return pid
         done, code = os.waitpid(pid, os.WNOHANG)
         if done:
-            raise BackendError(f"relay {instance.name} exited ({code}):\n{_tail(instance.log)}")
+            raise BackendError(
+                f"relay {instance.name} exited ({code}):\n{detach.log_tail(instance.log)}"
+            )
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    raise BackendError(
-        f"relay {instance.name} did not serve within {timeout:.0f} s:\n{_tail(instance.log)}"
-    )
-
-
-def _spawn(argv: list[str], log_path: Path) -> int:
-    """Start ``argv`` in its own session, output appended to ``log_path``; returns its pid.
-
-    posix_spawn, not Popen: the relay outlives this process, and a Popen object would complain
-    when it is collected with its child still running."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        actions = [
-            (os.POSIX_SPAWN_DUP2, null, 0),
-            (os.POSIX_SPAWN_DUP2, out, 1),
-            (os.POSIX_SPAWN_DUP2, out, 2),
-        ]
-        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True)
-    finally:
-        os.close(out)
-        os.close(null)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    tail = detach.log_tail(instance.log)
+    raise BackendError(f"relay {instance.name} did not serve within {timeout:.0f} s:\n{tail}")
 
 
 def stop_relay(instance: RelayInstance, grace: float = 15.0) -> bool:
@@ -209,41 +183,15 @@ def stop_relay(instance: RelayInstance, grace: float = 15.0) -> bool:
     pid = running_pid(instance)
     if pid is None:
         return False
-    try:
-        pidfd = os.pidfd_open(pid)  # signals and the wait then follow this process, not a pid
-    except ProcessLookupError:
+    stopped = detach.stop(
+        pid,
+        what=f"relay {instance.name}",
+        still_ours=lambda: running_pid(instance) == pid,
+        wait=lambda: grace,
+    )
+    if not stopped:
         return False
-    try:
-        if running_pid(instance) != pid:  # it exited (and the pid was reused) before pidfd_open
-            return False
-        _signal(pidfd, signal.SIGTERM)
-        if not _exited(pidfd, pid, grace):
-            log.warning(
-                "relay %s (pid %d) did not stop in %.0f s: killing it", instance.name, pid, grace
-            )
-            _signal(pidfd, signal.SIGKILL)
-            if not _exited(pidfd, pid, 30.0):
-                raise BackendError(f"relay {instance.name} (pid {pid}) did not exit after SIGKILL")
-    finally:
-        os.close(pidfd)
     with contextlib.suppress(OSError, ValueError):
         if int(instance.pid.read_text().strip()) == pid:  # left behind by a SIGKILL
             instance.pid.unlink()
-    return True
-
-
-def _signal(pidfd: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # exited already; the pidfd says so
-        signal.pidfd_send_signal(pidfd, sig)
-
-
-def _exited(pidfd: int, pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for the process behind ``pidfd`` to exit (the pidfd becomes
-    readable when it is a zombie); reap it if it is this process's child."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(pidfd, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return False
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
     return True

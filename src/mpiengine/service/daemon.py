@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import selectors
 import shutil
 import signal
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mpiengine import detach
 from mpiengine.service.config import EndpointPaths, load_service_config
 from mpiengine.service.register import register
 from mpiengine.service.worker import EndpointService
@@ -132,7 +132,7 @@ def start_detached(name: str, timeout: float = 60.0) -> int:
         raise ConfigError(name, f"endpoint {name!r} is already running (pid {running_pid(paths)})")
     paths.root.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "mpiengine.cli_remote", "endpoint", "start", "--foreground-child"]
-    pid = _spawn([*argv, name], paths.log)
+    pid = detach.spawn([*argv, name], paths.log, mode=0o644)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = _read_status(paths)
@@ -140,39 +140,13 @@ def start_detached(name: str, timeout: float = 60.0) -> int:
             return pid
         done, code = os.waitpid(pid, os.WNOHANG)
         if done:
-            raise BackendError(f"endpoint {name!r} exited ({code}):\n{_tail(paths.log)}")
+            raise BackendError(f"endpoint {name!r} exited ({code}):\n{detach.log_tail(paths.log)}")
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise BackendError(
-        f"endpoint {name!r} did not start within {timeout:.0f} s:\n{_tail(paths.log)}"
+        f"endpoint {name!r} did not start within {timeout:.0f} s:\n{detach.log_tail(paths.log)}"
     )
-
-
-def _spawn(argv: list[str], log: Path) -> int:
-    """Start ``argv`` in its own session, output appended to ``log``; returns its pid.
-
-    posix_spawn, not Popen: the endpoint outlives this process, and a Popen object would
-    complain when it is collected with its child still running."""
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        actions = [
-            (os.POSIX_SPAWN_DUP2, null, 0),
-            (os.POSIX_SPAWN_DUP2, out, 1),
-            (os.POSIX_SPAWN_DUP2, out, 2),
-        ]
-        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True)
-    finally:
-        os.close(out)
-        os.close(null)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def stop_endpoint(name: str, grace: float | None = None, timeout: float | None = None) -> bool:
@@ -191,45 +165,21 @@ def stop_endpoint(name: str, grace: float | None = None, timeout: float | None =
     pid = running_pid(paths)
     if pid is None:
         return False
-    try:
-        pidfd = os.pidfd_open(pid)  # signals and the wait then follow this process, not a pid
-    except ProcessLookupError:
-        return False
-    try:
-        if running_pid(paths) != pid:  # it exited (and the pid was reused) before pidfd_open
-            return False
+
+    def wait() -> float:
         config = load_service_config(paths.config)
-        wait = (grace if grace is not None else config.stop_grace) + (timeout or 15.0)
         if grace is not None:
             (paths.root / "stop-grace").write_text(f"{grace}\n")
-        _signal(pidfd, signal.SIGTERM)
-        if not _exited(pidfd, pid, wait):
-            log.warning("endpoint %s (pid %d) did not stop in %.0f s: killing it", name, pid, wait)
-            _signal(pidfd, signal.SIGKILL)
-            if not _exited(pidfd, pid, 30.0):
-                raise BackendError(f"endpoint {name!r} (pid {pid}) did not exit after SIGKILL")
-    finally:
-        os.close(pidfd)
+        return (grace if grace is not None else config.stop_grace) + (timeout or 15.0)
+
+    stopped = detach.stop(
+        pid, what=f"endpoint {name!r}", still_ours=lambda: running_pid(paths) == pid, wait=wait
+    )
+    if not stopped:
+        return False
     with contextlib.suppress(OSError, ValueError):
         if int(paths.pid.read_text().strip()) == pid:  # left behind by a SIGKILL
             paths.pid.unlink()
-    return True
-
-
-def _signal(pidfd: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # exited already; the pidfd says so
-        signal.pidfd_send_signal(pidfd, sig)
-
-
-def _exited(pidfd: int, pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for the process behind ``pidfd`` to exit; reap it if it is
-    this process's child (``start --detach`` then ``stop`` in one process)."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(pidfd, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return False
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
     return True
 
 
