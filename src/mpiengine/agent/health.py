@@ -20,33 +20,23 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mpiengine.agent.slurmcmd import Run, run_command
+
 __all__ = ["FAILED_STATES", "HealthThread", "NodeFault", "NodeWatcher", "failed_state"]
 
 log = logging.getLogger(__name__)
 
 #: Runs an argv with a timeout; returns (returncode, stdout). The seam for tests.
-Run = Callable[[list[str], float], tuple[int, str]]
-
 #: Slurm node states (``sinfo %T``, lower case, flags stripped) that mean "do not use".
 FAILED_STATES = frozenset({"down", "drain", "drained", "draining", "fail", "failing"})
 
 _TIMEOUT = 10.0
-
-
-def _run(argv: list[str], timeout: float) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("%s failed: %s", argv[0], exc)
-        return -1, ""
-    return proc.returncode, proc.stdout
 
 
 def failed_state(state: str) -> bool:
@@ -96,7 +86,7 @@ class NodeWatcher:
         self,
         job_id: str | None,
         nodes: Sequence[str],
-        run: Run = _run,
+        run: Run = run_command,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job_id = job_id or ""

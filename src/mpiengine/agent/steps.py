@@ -13,27 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import subprocess
 import time
-from collections.abc import Callable
 
+from mpiengine.agent.slurmcmd import Run, run_command
 from mpiengine.runner.launch import LaunchSpec
 
 __all__ = ["SrunSteps", "step_name"]
 
 log = logging.getLogger(__name__)
-
-#: Runs an argv with a timeout; returns (returncode, stdout). The seam for tests.
-Run = Callable[[list[str], float], tuple[int, str]]
-
-
-def _run(argv: list[str], timeout: float) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("%s failed: %s", argv[0], exc)
-        return -1, ""
-    return proc.returncode, proc.stdout
 
 
 def step_name(task_id: str) -> str:
@@ -49,7 +36,7 @@ class SrunSteps:
         run: runs squeue/scancel.
     """
 
-    def __init__(self, job_id: str | None, run: Run = _run) -> None:
+    def __init__(self, job_id: str | None, run: Run = run_command) -> None:
         self.job_id = job_id
         self._run = run
 
