@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpiengine.blocks.base import BlockHandle
+from mpiengine.engineport import BlockHandle, EnginePort
 from mpiengine.nodefail import LAUNCHER_REASON, failed_node_in, node_failed_result
 from mpiengine.outcome import result_from_completion, result_without_run
 from mpiengine.placement import Placement
 from mpiengine.predict import Kinds, Predictor, task_kinds
 from mpiengine.runner.process import Completion
-from mpiengine.runner.sandbox import SandboxRoot, validate_task_id
-from mpiengine.scheduler import BlockShape, Scheduler, TaskRequest
+from mpiengine.runner.sandbox import SandboxRoot
+from mpiengine.scheduler import BlockShape, Demand, Scheduler, TaskRequest
+from mpiengine.taskid import validate_task_id
 from mpiengine.taskprep import build_launch, clean_base_env, task_request
 from mpiengine_sdk.backend import ResultSink
 from mpiengine_sdk.errors import MPIEngineError, SubmitError
@@ -77,7 +78,7 @@ class EngineStatus:
 
 
 class Engine:
-    """Schedules tasks onto blocks and reports their results.
+    """Schedules tasks onto blocks and reports their results (an EnginePort for block sources).
 
     Args:
         workdir: the endpoint's working directory; sandboxes go to ``workdir/tasks/<task_id>``.
@@ -88,7 +89,8 @@ class Engine:
         base_env: the environment tasks start from (default: this process's, cleaned).
         python: the interpreter that runs Python tasks.
         on_tick: called on the engine thread about every ``tick_interval`` seconds with
-            ``(now, engine)``: the block manager's hook to scale blocks.
+            ``(now, engine)``: a block source's hook to scale blocks (the engine is passed as
+            its :class:`~mpiengine.engineport.EnginePort`).
         predictor: learns runtimes from completed tasks and predicts them for backfill
             (default: one kept in ``workdir/predictions.json``, so it survives a restart).
     """
@@ -102,7 +104,7 @@ class Engine:
         scheduler: Scheduler | None = None,
         base_env: Mapping[str, str] | None = None,
         python: str = sys.executable,
-        on_tick: Callable[[float, Engine], None] | None = None,
+        on_tick: Callable[[float, EnginePort], None] | None = None,
         tick_interval: float = 1.0,
         predictor: Predictor | None = None,
     ) -> None:
@@ -222,6 +224,20 @@ class Engine:
             last_error=self._last_error,
             excluded_nodes=self.excluded_nodes(),
         )
+
+    # -- engine thread only (a block source's on_tick; see EnginePort) ------------------------
+    def demand(self, now: float) -> Demand:
+        """What the waiting tasks need (the scale-out decision's input)."""
+        return self._scheduler.demand(now)
+
+    def idle_blocks(self) -> list[str]:
+        """Ids of the blocks that run no task (candidates for release), oldest first."""
+        return self._scheduler.idle_blocks()
+
+    @property
+    def waiting(self) -> int:
+        """How many tasks wait for a placement."""
+        return self._scheduler.waiting
 
     @property
     def blocks(self) -> dict[str, BlockHandle]:

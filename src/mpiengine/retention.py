@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpiengine.runner.sandbox import validate_task_id
+from mpiengine.taskid import validate_task_id
 from mpiengine_sdk.errors import ConfigError, InvalidTaskId
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import ResultMessage

@@ -15,9 +15,9 @@ from mpiengine.runner.sandbox import (
     SandboxRoot,
     create_sandbox,
     remove_sandbox,
-    validate_task_id,
     write_files,
 )
+from mpiengine.taskid import validate_task_id
 from mpiengine_sdk.errors import InvalidTaskId
 
 BAD_IDS = ["../x", "/abs", "a/b", ".hidden", "", "x" * 200, "-rf", "a..b", "..", ".", "a\0b", "a b"]

@@ -22,7 +22,7 @@ from mpiengine.relay.config import RelayConfig
 from mpiengine.relay.ratelimit import RateLimiter
 from mpiengine.relay.store import EXPIRED, PENDING, EndpointRecord, RelayStore
 from mpiengine.relay.topology import declare_endpoint_queues
-from mpiengine.runner.sandbox import validate_task_id
+from mpiengine.taskid import validate_task_id
 from mpiengine_sdk.errors import (
     AuthorizationError,
     MPIEngineError,

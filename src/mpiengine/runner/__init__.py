@@ -3,7 +3,7 @@
 It runs in-process for the embedded endpoint, and inside the block agent on a batch job's lead
 node. Modules, one concept each:
 
-- ``sandbox``: safe task ids, one fresh directory per launch (the task's, then ``attempt-N``);
+- ``sandbox``: one fresh directory per launch (the task's, then ``attempt-N``);
 - ``launch``: ``LaunchSpec`` (what to start) and ``Completion`` (how it ended);
 - ``process``: ``TaskRunner``, the event-driven runner thread;
 - ``spawn``: starting one task process (direct fork/exec, Popen fallback) and reaping it;
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
         create_sandbox,
         remove_sandbox,
         task_dir,
-        validate_task_id,
         write_files,
     )
     from mpiengine.runner.tails import tail
@@ -62,7 +61,6 @@ __all__ = [
     "remove_sandbox",
     "tail",
     "task_dir",
-    "validate_task_id",
     "write_files",
 ]
 
@@ -84,7 +82,6 @@ _WHERE = {
     "remove_sandbox": "sandbox",
     "tail": "tails",
     "task_dir": "sandbox",
-    "validate_task_id": "sandbox",
     "write_files": "sandbox",
 }
 

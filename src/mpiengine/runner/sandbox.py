@@ -11,9 +11,9 @@ separate attempt folder until a retry needs one: one directory instead of two, o
 instead of five). A retry gets a fresh, empty ``attempt-N`` inside it, so it never
 sees (or clobbers) the files of an earlier attempt, and the earlier attempts' stdout/stderr
 stay available for post-mortems until ``remove_sandbox`` deletes the whole task directory.
-Task ids are checked before they touch the filesystem; directories are made relative to the
-root's descriptor, and an existing ``<task_id>`` is opened with ``O_NOFOLLOW``, so neither a
-hostile id nor a planted symlink can point a sandbox outside the root.
+Task ids are checked (``mpiengine.taskid``) before they touch the filesystem; directories are
+made relative to the root's descriptor, and an existing ``<task_id>`` is opened with
+``O_NOFOLLOW``, so neither a hostile id nor a planted symlink can point a sandbox outside the root.
 """
 
 from __future__ import annotations
@@ -27,22 +27,16 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from mpiengine_sdk.errors import InvalidTaskId
+from mpiengine.taskid import validate_task_id
 
 __all__ = [
     "SandboxRoot",
     "create_sandbox",
     "remove_sandbox",
     "task_dir",
-    "validate_task_id",
     "write_files",
 ]
 
-_ALLOWED = (
-    "1-128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-', "
-    "without '..'"
-)
-_TASK_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _ATTEMPT = re.compile(r"attempt-([1-9][0-9]*)")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -62,27 +56,6 @@ def _read_umask() -> int:
 
 #: Read once: a process sets its umask at start, if ever.
 _UMASK = _read_umask()
-
-
-def validate_task_id(task_id: object) -> str:
-    """Check that ``task_id`` is safe to use as a directory name.
-
-    Args:
-        task_id: the candidate id.
-
-    Returns:
-        The id, unchanged.
-
-    Raises:
-        InvalidTaskId: it is not a string of 1-128 ``[A-Za-z0-9_.-]`` characters, starts with
-            '.' or '-', or contains '..'.
-    """
-    if not isinstance(task_id, str):
-        raise InvalidTaskId(f"task id must be a string, got {type(task_id).__name__}")
-    if _TASK_ID.fullmatch(task_id) is None or ".." in task_id:
-        shown = task_id if len(task_id) <= 40 else task_id[:40] + "..."
-        raise InvalidTaskId(f"task id {shown!r} is not allowed: use {_ALLOWED}")
-    return task_id
 
 
 def task_dir(root: Path, task_id: str) -> Path:
