@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from mpiengine.queues import declare_endpoint_queues
 from mpiengine.relay.access import authorize_endpoint, endpoint_view
 from mpiengine.relay.config import RelayConfig
 from mpiengine.relay.ratelimit import RateLimiter
 from mpiengine.relay.store import RelayStore
 from mpiengine.relay.submit import SubmitHandler
-from mpiengine.relay.topology import declare_endpoint_queues
 from mpiengine_sdk.errors import (
     AuthenticationError,
     RelayError,

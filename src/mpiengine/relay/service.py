@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from mpiengine.queues import declare_endpoint_queues, declare_relay_topology
 from mpiengine.relay.config import RelayConfig
 from mpiengine.relay.ratelimit import RateLimiter
 from mpiengine.relay.requests import RequestHandler
 from mpiengine.relay.results import ResultHandler
 from mpiengine.relay.store import RelayStore
-from mpiengine.relay.topology import declare_endpoint_queues, declare_relay_topology
 from mpiengine_sdk.errors import AuthenticationError, BackendError, RelayError
 from mpiengine_sdk.remote.protocol import QUEUE_HEARTBEATS, QUEUE_REQUESTS, QUEUE_RESULTS
 from mpiengine_sdk.remote.transport import Channel, Delivery, PikaTransport, Transport, Unroutable

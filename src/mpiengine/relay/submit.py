@@ -17,11 +17,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mpiengine.queues import declare_endpoint_queues
 from mpiengine.relay.access import authorize_endpoint
 from mpiengine.relay.config import RelayConfig
 from mpiengine.relay.ratelimit import RateLimiter
 from mpiengine.relay.store import EXPIRED, PENDING, EndpointRecord, RelayStore
-from mpiengine.relay.topology import declare_endpoint_queues
 from mpiengine.taskid import validate_task_id
 from mpiengine_sdk.errors import (
     AuthorizationError,

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from mpiengine.relay.topology import DEAD_LETTERS
+from mpiengine.queues import DEAD_LETTERS
 from mpiengine_sdk.errors import BackendError
 from mpiengine_sdk.remote.protocol import (
     EXCHANGE_IN,

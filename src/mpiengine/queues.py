@@ -1,4 +1,10 @@
-"""The relay's queues and exchanges on the broker (idempotent declarations)."""
+"""Queue topology on the broker: the relay's queues and exchanges and an endpoint's queues
+(idempotent declarations), and the dead-letter arguments every queue is declared with.
+
+Neither side owns it: the relay declares its topology and each endpoint's queues, and the
+endpoint service declares its registration queue with the same dead-letter arguments.
+The names themselves are the SDK's (``mpiengine_sdk.remote.protocol``).
+"""
 
 from __future__ import annotations
 
