@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mpiengine.engineport import BlockHandle, EnginePort
+from mpiengine.environment import clean_base_env
 from mpiengine.nodefail import LAUNCHER_REASON, failed_node_in, node_failed_result
 from mpiengine.outcome import result_from_completion, result_without_run
 from mpiengine.placement import Placement
@@ -30,7 +31,7 @@ from mpiengine.runner.process import Completion
 from mpiengine.runner.sandbox import SandboxRoot
 from mpiengine.scheduler import BlockShape, Demand, Scheduler, TaskRequest
 from mpiengine.taskid import validate_task_id
-from mpiengine.taskprep import build_launch, clean_base_env, task_request
+from mpiengine.taskprep import build_launch, task_request
 from mpiengine_sdk.backend import ResultSink
 from mpiengine_sdk.errors import MPIEngineError, SubmitError
 from mpiengine_sdk.spec import ResourceSpec

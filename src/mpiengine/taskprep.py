@@ -35,30 +35,9 @@ from mpiengine.scheduler import TaskRequest
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.wire import TaskKind, TaskMessage
 
-__all__ = ["build_launch", "clean_base_env", "task_request"]
-
-#: Variables a task inherits from nowhere but its own placement. The GPU vendors' variables
-#: are among them: inside a batch job they name the whole job's GPUs, never one task's.
-_OWN_PREFIXES = (
-    "MPIENGINE_",
-    "PARSL_",
-    "SLURM_STEP_",
-    "PMI_",
-    "PMIX_RANK",
-    "OMPI_COMM_WORLD",
-    "CUDA_VISIBLE_DEVICES",
-    "ROCR_VISIBLE_DEVICES",
-    "HIP_VISIBLE_DEVICES",
-    "ZE_AFFINITY_MASK",
-    "GPU_DEVICE_ORDINAL",
-)
+__all__ = ["build_launch", "task_request"]
 
 _PYRUNNER = ("-m", "mpiengine.runner.pyrunner")
-
-
-def clean_base_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The endpoint's environment minus anything that would describe another task."""
-    return {k: v for k, v in env.items() if not k.startswith(_OWN_PREFIXES)}
 
 
 def task_request(

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from mpiengine.binding import WRAPPER, Binding, gpu_mask, rank_lists, wrapper_argv
 from mpiengine.config import load_config
+from mpiengine.environment import clean_base_env
 from mpiengine.launchers import available_launchers, load_launcher
 from mpiengine.placement import Placement
-from mpiengine.taskprep import build_launch, clean_base_env
+from mpiengine.taskprep import build_launch
 from mpiengine_sdk import MPIFunction, ResourceSpec
 from mpiengine_sdk.errors import ConfigError
 

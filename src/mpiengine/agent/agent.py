@@ -47,9 +47,9 @@ from mpiengine.agent.protocol import (
     launch_from_dict,
 )
 from mpiengine.agent.steps import SrunSteps
+from mpiengine.environment import clean_base_env
 from mpiengine.runner.launch import Completion, LaunchSpec
 from mpiengine.runner.process import TaskRunner
-from mpiengine.taskprep import clean_base_env
 
 __all__ = ["Agent", "AgentOptions"]
 
