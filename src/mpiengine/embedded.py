@@ -13,20 +13,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mpiengine.binding import Binding
-from mpiengine.blocks.local import LocalBlock, virtual_node_names
-from mpiengine.engine import Engine, EngineStatus
+from mpiengine.blocks.local import LocalSource, virtual_node_names
+from mpiengine.endpoint import Endpoint
 from mpiengine.launchers import load_launcher
 from mpiengine.retention import EndpointRetention
 from mpiengine.scheduler import BlockInfo, BlockShape
-from mpiengine.timeline_store import TimelineStore
-from mpiengine_sdk.backend import ResultSink
-from mpiengine_sdk.errors import BackendError, ConfigError, TaskTooLarge
-from mpiengine_sdk.wire import ResultMessage, TaskMessage
+from mpiengine_sdk.errors import ConfigError
 
 __all__ = ["DEFAULT_CORES_PER_NODE", "DEFAULT_NODES", "EmbeddedEndpoint", "find_mpiexec"]
 
@@ -61,8 +57,9 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(name, f"must be a positive integer, got {raw!r}") from exc
 
 
-class EmbeddedEndpoint:
-    """An in-process endpoint (implements the SDK's Backend protocol).
+class EmbeddedEndpoint(Endpoint):
+    """An in-process endpoint (implements the SDK's Backend protocol): an
+    :class:`~mpiengine.endpoint.Endpoint` whose one block is this host.
 
     Args:
         nodes: virtual nodes (default ``MPIENGINE_NODES`` or 4).
@@ -85,6 +82,8 @@ class EmbeddedEndpoint:
     Raises:
         ConfigError: a value is out of range.
     """
+
+    what = "the embedded endpoint"
 
     def __init__(
         self,
@@ -117,17 +116,16 @@ class EmbeddedEndpoint:
             raise ConfigError("gpus_per_node", f"must be an integer >= 0, got {gpus_per_node!r}")
         if gpu_vendor is None and gpus_per_node > 0:
             gpu_vendor = "nvidia"
-        self._gpu_vendor = Binding(gpu_vendor=gpu_vendor).gpu_vendor  # validated
-        self.workdir = Path(workdir) if workdir is not None else _fresh_workdir()
-        self._retention = EndpointRetention(
-            self.workdir,
+        vendor = Binding(gpu_vendor=gpu_vendor).gpu_vendor  # validated
+        chosen = Path(workdir) if workdir is not None else _fresh_workdir()
+        retention = EndpointRetention(
+            chosen,
             keep=workdir is not None or keep_sandboxes,
             owned=workdir is None,
             max_age=sandbox_max_age,
             max_bytes=sandbox_max_bytes,
         )
         self.mpiexec = mpiexec or find_mpiexec() or "mpiexec"
-        self._launcher = load_launcher("mpich-fork", executable=self.mpiexec)
         self._info = BlockInfo(
             block_id="local",
             nodes=virtual_node_names(n),
@@ -135,10 +133,23 @@ class EmbeddedEndpoint:
             gpus_per_node=gpus_per_node,
             end_time=None,
         )
-        self._shape = BlockShape(num_nodes=n, cores_per_node=cores, gpus_per_node=gpus_per_node)
-        self._kill_grace = kill_grace
-        self._timeline = TimelineStore(self.workdir)
-        self._engine: Engine | None = None
+        source = LocalSource(
+            self._info,
+            load_launcher("mpich-fork", executable=self.mpiexec),
+            kill_grace=kill_grace,
+            gpu_vendor=vendor,
+        )
+        super().__init__(
+            chosen,
+            source=lambda: source,
+            shape=BlockShape(num_nodes=n, cores_per_node=cores, gpus_per_node=gpus_per_node),
+            retention=retention,
+            base_env=_task_env,
+            size_knob=(
+                "the embedded endpoint's size: Executor(nodes=N, cores_per_node=C), "
+                "or endpoint configure NAME --nodes N"
+            ),
+        )
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -149,63 +160,6 @@ class EmbeddedEndpoint:
     def cores_per_node(self) -> int:
         """Cores per virtual node."""
         return self._info.cores_per_node
-
-    def start(self, sink: ResultSink) -> None:
-        """Start the engine and its one local block."""
-        if self._engine is not None:
-            raise BackendError("the embedded endpoint is already started")
-        retention, timeline = self._retention, self._timeline
-
-        def deliver(msg: ResultMessage) -> None:
-            retention.delivered(msg)  # noted first: the user may shut down on seeing it
-            timeline.finished(msg)
-            sink(msg)
-
-        engine = Engine(
-            workdir=self.workdir, sink=deliver, shapes=[self._shape], base_env=_task_env()
-        )
-        block = LocalBlock(
-            self._info,
-            self._launcher,
-            engine.report,
-            kill_grace=self._kill_grace,
-            gpu_vendor=self._gpu_vendor,
-        )
-        engine.add_block(block)
-        engine.start()
-        self._engine = engine
-
-    def _require(self) -> Engine:
-        if self._engine is None:
-            raise BackendError("the embedded endpoint is not started")
-        return self._engine
-
-    def submit(self, tasks: Sequence[TaskMessage]) -> None:
-        """Validate and queue tasks (see Engine.submit)."""
-        engine = self._require()
-        self._timeline.submitted(tasks)
-        try:
-            engine.submit(tasks)
-        except TaskTooLarge as exc:  # here the block is this endpoint's virtual nodes
-            knob = (
-                "the embedded endpoint's size: Executor(nodes=N, cores_per_node=C), "
-                "or endpoint configure NAME --nodes N"
-            )
-            raise TaskTooLarge(exc.requested, exc.largest, knob=knob) from exc
-
-    def cancel(self, task_id: str) -> None:
-        """Cancel a queued or running task."""
-        self._require().cancel(task_id)
-
-    def status(self) -> EngineStatus:
-        """Blocks, nodes and task counts."""
-        return self._require().status()
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the engine; with ``wait`` let queued and running tasks finish."""
-        if self._engine is not None:
-            self._engine.shutdown(wait=wait)
-            self._retention.finish()
 
 
 def _task_env() -> dict[str, str]:

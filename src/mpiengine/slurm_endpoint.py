@@ -1,6 +1,6 @@
 """An endpoint whose blocks come from a batch system (Slurm, PBS Pro, or this host).
 
-``BatchEndpoint`` implements the SDK's Backend protocol like ``EmbeddedEndpoint``; the
+``BatchEndpoint`` is an :class:`~mpiengine.endpoint.Endpoint`, like ``EmbeddedEndpoint``; the
 difference is where blocks come from: the :class:`~mpiengine.blocks.manager.BlockManager`
 obtains them through a Parsl provider, starts ``mpiengine agent`` in each job, and offers their
 nodes to the engine as agents connect. Tasks submitted before any block exists wait (a task
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,11 @@ from mpiengine.blocks.blockstate import BlockRecord
 from mpiengine.blocks.manager import BlockManager
 from mpiengine.blocks.provider import BlockProvider, make_provider
 from mpiengine.config import EndpointConfig, load_config
-from mpiengine.engine import Engine, EngineStatus
+from mpiengine.endpoint import Endpoint
 from mpiengine.launchers import load_launcher
 from mpiengine.retention import EndpointRetention
 from mpiengine.scheduler import BlockShape
-from mpiengine.timeline_store import TimelineStore
-from mpiengine_sdk.backend import ResultSink
 from mpiengine_sdk.errors import BackendError
-from mpiengine_sdk.wire import ResultMessage, TaskMessage
 
 __all__ = ["BatchEndpoint"]
 
@@ -36,8 +32,9 @@ __all__ = ["BatchEndpoint"]
 _BLOCK_START = "export MPIENGINE_BLOCK_START=$(date +%s)"
 
 
-class BatchEndpoint:
-    """An endpoint with blocks from a batch system (implements the SDK's Backend protocol).
+class BatchEndpoint(Endpoint):
+    """An endpoint with blocks from a batch system (implements the SDK's Backend protocol): an
+    :class:`~mpiengine.endpoint.Endpoint` whose block source is a BlockManager.
 
     Args:
         config: an EndpointConfig, a mapping or a YAML path (validated at load).
@@ -68,29 +65,36 @@ class BatchEndpoint:
         self.config = config if isinstance(config, EndpointConfig) else load_config(config)
         cfg = self.config
         chosen = workdir if workdir is not None else cfg.workdir
-        self.workdir = Path(chosen).expanduser() if chosen is not None else _fresh_workdir()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = Path(chosen).expanduser() if chosen is not None else _fresh_workdir()
+        path.mkdir(parents=True, exist_ok=True)
         self._launcher = load_launcher(
             cfg.launcher_name, executable=cfg.launcher_executable, options=cfg.launcher_options
         )
         self._provider = provider or make_provider(cfg, worker_init=_BLOCK_START)
-        self._shape = BlockShape(
+        shape = BlockShape(
             num_nodes=cfg.nodes_per_block,
             cores_per_node=cfg.cores,
             gpus_per_node=cfg.gpu_slots,
             walltime=None if cfg.provider == "local" else float(cfg.walltime_seconds),
         )
-        self._tick_interval = tick_interval
-        self._engine: Engine | None = None
-        self._timeline: TimelineStore | None = None
-        self._retention = EndpointRetention(
-            self.workdir,
+        retention = EndpointRetention(
+            path,
             keep=True,
             owned=False,
             max_age=sandbox_max_age,
             max_bytes=sandbox_max_bytes,
         )
         self._manager: BlockManager | None = None
+        super().__init__(
+            path,
+            source=self._open_manager,
+            shape=shape,
+            retention=retention,
+            # A task's environment is its batch job's (the agent's), not this process's; the
+            # engine only adds the task's own variables.
+            base_env=dict,
+            tick_interval=tick_interval,
+        )
 
     @classmethod
     def from_site(
@@ -123,6 +127,11 @@ class BatchEndpoint:
             tick_interval=tick_interval,
         )
 
+    def _open_manager(self) -> BlockManager:
+        """The block source, made at start: it binds the agents' socket."""
+        self._manager = BlockManager(self.config, self._provider, self._launcher, self.workdir)
+        return self._manager
+
     @property
     def manager(self) -> BlockManager:
         """The block manager (after start)."""
@@ -130,69 +139,16 @@ class BatchEndpoint:
             raise BackendError("the endpoint is not started")
         return self._manager
 
-    def start(self, sink: ResultSink) -> None:
-        """Start the engine, the agent server and the block manager."""
-        if self._engine is not None:
-            raise BackendError("the endpoint is already started")
-        manager = BlockManager(self.config, self._provider, self._launcher, self.workdir)
-        # base_env={}: a task's environment is its batch job's (the agent's), not this
-        # process's; the engine only adds the task's own variables.
-        timeline = TimelineStore(self.workdir)
-        self._timeline = timeline
-        retention = self._retention
-
-        def deliver(msg: ResultMessage) -> None:
-            # The ledger lets retention and `mpiengine gc` remove delivered tasks' sandboxes
-            # (never a running one's); the timeline lets `mpiengine timeline` draw the run.
-            retention.delivered(msg)
-            timeline.finished(msg)
-            sink(msg)
-
-        engine = Engine(
-            workdir=self.workdir,
-            sink=deliver,
-            shapes=[self._shape],
-            base_env={},
-            on_tick=manager.on_tick,
-            tick_interval=self._tick_interval,
-        )
-        manager.attach(engine)
-        engine.start()
-        self._engine, self._manager = engine, manager
-
-    def _require(self) -> Engine:
-        if self._engine is None:
-            raise BackendError("the endpoint is not started")
-        return self._engine
-
-    def submit(self, tasks: Sequence[TaskMessage]) -> None:
-        """Validate and queue tasks (see Engine.submit)."""
-        engine = self._require()
-        if self._timeline is not None:
-            self._timeline.submitted(tasks)
-        engine.submit(tasks)
-
-    def cancel(self, task_id: str) -> None:
-        """Cancel a queued or running task."""
-        self._require().cancel(task_id)
-
-    def status(self) -> EngineStatus:
-        """Blocks, nodes, task counts, failed (excluded) nodes and the last provider error."""
-        return self._require().status()
-
     def blocks(self) -> list[BlockRecord]:
         """Every block not yet gone: state, job id, nodes, failed (excluded) nodes, end time."""
         return self.manager.blocks()
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the engine (with ``wait``, let tasks finish), then cancel every block's job."""
+        """Stop the engine (with ``wait``, let tasks finish), then cancel every block's job.
+        The failed nodes are kept for the timeline's picture first; the sandboxes are kept."""
         if self._engine is not None:
-            if self._timeline is not None:  # the failed nodes, for the timeline's picture
-                self._timeline.note_excluded(self._engine.status().excluded_nodes)
-            self._engine.shutdown(wait=wait)
-            self._retention.finish()  # waits for a collection under way; keeps the sandboxes
-        if self._manager is not None:
-            self._manager.close()
+            self._timeline.note_excluded(self._engine.status().excluded_nodes)
+        super().shutdown(wait)
 
 
 def _fresh_workdir() -> Path:

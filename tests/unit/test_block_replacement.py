@@ -53,7 +53,7 @@ class FakeScheduler:
 
 
 class FakeEngine:
-    """What the block manager calls on the engine, recorded."""
+    """The EnginePort the block manager calls, recorded."""
 
     def __init__(self) -> None:
         self.scheduler = FakeScheduler()
@@ -84,6 +84,16 @@ class FakeEngine:
     def note_error(self, message: str) -> None:
         raise AssertionError(message)
 
+    def demand(self, now: float) -> Demand:
+        return self.scheduler.demand(now)
+
+    def idle_blocks(self) -> list[str]:
+        return self.scheduler.idle_blocks()
+
+    @property
+    def waiting(self) -> int:
+        return self.scheduler.waiting
+
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -108,8 +118,8 @@ def rig(tmp_path: Path) -> Iterator[tuple[BlockManager, FakeEngine, FakeProvider
     provider = FakeProvider()
     manager = BlockManager(cfg, provider, load_launcher("srun"), tmp_path)
     engine = FakeEngine()
-    manager.attach(engine)  # type: ignore[arg-type]
-    manager.on_tick(0.0, engine)  # type: ignore[arg-type]
+    manager.attach(engine)
+    manager.on_tick(0.0, engine)
     wait_for(lambda: [b.state for b in manager.blocks()] == [BlockState.PENDING])
     [block] = manager.blocks()
     hello = {"t": "hello", "nodes": NODES, "started": time.time(), "job_id": block.job_id}
@@ -120,7 +130,7 @@ def rig(tmp_path: Path) -> Iterator[tuple[BlockManager, FakeEngine, FakeProvider
 
 
 def tick(manager: BlockManager, engine: FakeEngine) -> None:
-    manager.on_tick(1.0, engine)  # type: ignore[arg-type]
+    manager.on_tick(1.0, engine)
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,15 @@
-"""A block made of this host, presented as K virtual nodes (the embedded default)."""
+"""A block made of this host, presented as K virtual nodes (the embedded default), and the
+block source that offers it."""
 
 from __future__ import annotations
 
 from mpiengine.binding import Binding
-from mpiengine.blocks.base import CompletionSink
+from mpiengine.engineport import CompletionSink, EnginePort
 from mpiengine.launchers import LauncherSpec
 from mpiengine.runner.process import Completion, LaunchSpec, TaskRunner
 from mpiengine.scheduler import BlockInfo
 
-__all__ = ["LocalBlock", "virtual_node_names"]
+__all__ = ["LocalBlock", "LocalSource", "virtual_node_names"]
 
 
 def virtual_node_names(count: int) -> tuple[str, ...]:
@@ -70,3 +71,41 @@ class LocalBlock:
 
     def close(self) -> None:
         self._runner.close(kill=True)
+
+
+class LocalSource:
+    """The block source of the embedded endpoint: one LocalBlock, offered once at start.
+
+    Args:
+        info, launcher, kill_grace, gpu_vendor: as for :class:`LocalBlock`.
+    """
+
+    def __init__(
+        self,
+        info: BlockInfo,
+        launcher: LauncherSpec,
+        *,
+        kill_grace: float = 2.0,
+        gpu_vendor: str | None = None,
+    ) -> None:
+        self._info = info
+        self._launcher = launcher
+        self._kill_grace = kill_grace
+        self._gpu_vendor = gpu_vendor
+
+    def attach(self, engine: EnginePort) -> None:
+        """Offer the block (its completions go to ``engine.report``)."""
+        block = LocalBlock(
+            self._info,
+            self._launcher,
+            engine.report,
+            kill_grace=self._kill_grace,
+            gpu_vendor=self._gpu_vendor,
+        )
+        engine.add_block(block)
+
+    def on_tick(self, now: float, engine: EnginePort) -> None:
+        """Nothing to scale: this host is one fixed block."""
+
+    def close(self) -> None:
+        """Nothing to release: the engine closed the block when it stopped."""

@@ -9,9 +9,11 @@ Three threads meet here, each doing only quick work under one lock:
   fail) and posts their outcome back: a failed submit or status is recorded in the endpoint's
   status and retried with exponential backoff; queued tasks are never touched;
 - the agent server thread calls :meth:`on_agent`: a ``hello`` turns a pending job into a
-  RemoteBlock offered to the engine (``Engine.add_block``), ``done`` reports a task
-  (``Engine.report``), ``nodes`` reports failed nodes (``Engine.fail_node``), ``bye`` loses
-  the block (``Engine.lose_block``).
+  RemoteBlock offered to the engine (``add_block``), ``done`` reports a task (``report``),
+  ``nodes`` reports failed nodes (``fail_node``), ``bye`` loses the block (``lose_block``).
+
+The manager sees the engine only through :class:`~mpiengine.engineport.EnginePort`; it is the
+batch endpoint's block source (``attach``, ``on_tick``, ``close``: see mpiengine.endpoint).
 
 A block's life: SUBMITTING (sbatch queued) -> PENDING (job id known) -> CONNECTED (its agent
 said hello) -> RELEASING (idle, or the endpoint stops) -> GONE. A job that ends (scancel, lead
@@ -52,7 +54,7 @@ from mpiengine.blocks.scaling import (
     needs_replacement,
 )
 from mpiengine.config import EndpointConfig
-from mpiengine.engine import Engine
+from mpiengine.engineport import EnginePort
 from mpiengine.launchers import LauncherSpec
 from mpiengine.scheduler import BlockInfo
 
@@ -89,7 +91,7 @@ class BlockManager:
         self._lock = threading.Lock()
         self._blocks: dict[str, BlockRecord] = {}
         self._seq = 0
-        self._engine: Engine | None = None
+        self._engine: EnginePort | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mpiengine-provider")
         self._submit_failures = 0
         self._next_submit = 0.0
@@ -107,7 +109,7 @@ class BlockManager:
             heartbeat_period=cfg.heartbeat_period,
         )
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: EnginePort) -> None:
         """The engine that receives blocks and reports (before it starts ticking)."""
         self._engine = engine
 
@@ -121,7 +123,7 @@ class BlockManager:
         return out
 
     # -- engine thread -----------------------------------------------------------------------
-    def on_tick(self, now: float, engine: Engine) -> None:
+    def on_tick(self, now: float, engine: EnginePort) -> None:
         """Scale, release and check heartbeats (the engine's ``on_tick`` hook)."""
         if self._closed:
             return
@@ -137,14 +139,14 @@ class BlockManager:
         if poll:
             self._spawn(self._poll)
 
-    def _scale_out(self, now: float, engine: Engine) -> None:
+    def _scale_out(self, now: float, engine: EnginePort) -> None:
         if now < self._next_submit:
             return
         states = [b.state for b in self._blocks.values()]
         pending = sum(s in (BlockState.SUBMITTING, BlockState.PENDING) for s in states)
         connected = states.count(BlockState.CONNECTED)
         count = blocks_to_add(
-            engine.scheduler.demand(now),
+            engine.demand(now),
             connected=connected,
             pending=pending,
             nodes_per_block=self.cfg.nodes_per_block,
@@ -160,7 +162,7 @@ class BlockManager:
         for _ in range(count):
             self._request(now)
 
-    def _retire_degraded(self, engine: Engine) -> None:
+    def _retire_degraded(self, engine: EnginePort) -> None:
         """Retire the blocks of which fewer than half the nodes are usable."""
         excluded = engine.excluded_nodes()
         for b in self._blocks.values():
@@ -172,8 +174,8 @@ class BlockManager:
                 self._owed += 1
                 engine.retire_block(b.block_id)
 
-    def _scale_in(self, now: float, engine: Engine) -> None:
-        idle = set(engine.scheduler.idle_blocks())
+    def _scale_in(self, now: float, engine: EnginePort) -> None:
+        idle = set(engine.idle_blocks())
         for b in self._blocks.values():
             if b.state is BlockState.RETIRING and b.block_id in idle:
                 log.info("releasing retired block %s: its tasks have ended", b.block_id)
@@ -189,7 +191,7 @@ class BlockManager:
             {b.block_id: b.idle_since for b in connected if b.idle_since is not None},
             {b.block_id: b.end_time for b in connected},
             connected=len(connected),
-            waiting_tasks=engine.scheduler.waiting,
+            waiting_tasks=engine.waiting,
             min_blocks=self.cfg.min_blocks,
             max_idle_time=self.cfg.max_idle_time,
             margin=1.0,
@@ -198,7 +200,7 @@ class BlockManager:
             log.info("releasing idle block %s", block_id)
             engine.lose_block(block_id, "released: idle")  # no task runs on it: none is lost
 
-    def _check_liveness(self, now: float, engine: Engine) -> None:
+    def _check_liveness(self, now: float, engine: EnginePort) -> None:
         for b in list(self._blocks.values()):
             if b.state.attached and now - b.last_seen > self.cfg.heartbeat_threshold:
                 self._lost(b, f"no heartbeat from its agent for {now - b.last_seen:.0f} s")
@@ -385,7 +387,7 @@ class BlockManager:
             engine.add_block(handle)
 
     @staticmethod
-    def _report_faults(engine: Engine, b: BlockRecord, msg: dict[str, Any]) -> None:
+    def _report_faults(engine: EnginePort, b: BlockRecord, msg: dict[str, Any]) -> None:
         """Pass an agent's failed nodes to the engine (it ignores repeats and strangers)."""
         try:
             faults = [(str(f["node"]), str(f["state"]), str(f.get("reason") or "")) for f in
