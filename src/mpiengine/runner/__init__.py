@@ -11,8 +11,9 @@ node. Modules, one concept each:
 - ``watchdog``: the process that kills a runner's trees when the runner's owner dies;
 - ``tails``: the bounded last lines of an output file;
 - ``pyrunner``: the entry point of Python tasks (``python -m mpiengine.runner.pyrunner``);
-- ``pyoutcome``: reading a Python task's result files without unpickling them;
-- ``bench``: ``python -m mpiengine.runner.bench``, the runner against raw fork/exec.
+- ``pyoutcome``: reading a Python task's result files without unpickling them.
+
+The runner against raw fork/exec is measured by ``benchmarks/bench_core.py --only dispatch``.
 
 Exports load lazily: every Python task runs ``python -m mpiengine.runner.pyrunner``, which
 imports this package first and must not pay for psutil and the runner thread's imports.
