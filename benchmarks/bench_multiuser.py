@@ -32,11 +32,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The relay harness lives with the tests (tests/support/), imported from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_relay import measure  # noqa: E402
+from tests.support.relay_harness import RelayHarness  # noqa: E402
 
 from mpiengine.multiuser.manager import MANAGER_ENGINE  # noqa: E402
-from mpiengine.relay.harness import RelayHarness  # noqa: E402
 from mpiengine_sdk import Executor, ShellFunction  # noqa: E402
 
 ENGINE = {"nodes": 4, "cores_per_node": 4}

@@ -25,11 +25,11 @@ import pytest
 from mpiengine.multiuser.allowlist import function_hash
 from mpiengine.multiuser.manager import MANAGER_ENGINE
 from mpiengine.relay.access import endpoint_view
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness, wait_for
 from mpiengine_sdk import Executor, ShellFunction, ShellResult
 from mpiengine_sdk.errors import AuthorizationError, ConfigError
 from tests.conftest import REPO, require
 from tests.integration.test_relay_e2e import require_broker
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 
 pytestmark = [pytest.mark.multiuser, pytest.mark.relay]
 

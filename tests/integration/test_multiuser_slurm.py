@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from mpiengine.multiuser.manager import MANAGER_ENGINE
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness, wait_for
 from mpiengine_sdk import Executor, ShellFunction
 from tests.conftest import require
 from tests.integration.test_multiuser import _accounts_ready, user_endpoints
 from tests.integration.test_relay_e2e import require_broker
 from tests.integration.test_slurm_blocks import conf, config
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 
 __all__ = ["conf"]
 

@@ -27,10 +27,10 @@ import pytest
 from click.testing import CliRunner
 
 from mpiengine.cli_remote import endpoint as endpoint_cli
-from mpiengine.relay.harness import Principal, RelayHarness
 from mpiengine_sdk import Executor, ShellFunction
 from tests.conftest import REPO
 from tests.integration.test_relay_e2e import require_broker
+from tests.support.relay_harness import Principal, RelayHarness
 
 WATCHDOG = "mpiengine.runner.watchdog"
 #: How long a killed owner's tasks may outlive it (the issue's promise).

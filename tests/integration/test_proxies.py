@@ -151,8 +151,8 @@ def test_proxy_large_results_checks_its_arguments():
 @pytest.mark.relay
 @pytest.mark.slow
 def test_200_mb_through_a_1_mb_relay_by_proxy(tmp_path, redis_port):
-    from mpiengine.relay.harness import RelayHarness
     from tests.integration.test_relay_e2e import require_broker
+    from tests.support.relay_harness import RelayHarness
 
     require_broker()
     with RelayHarness(tmp_path / "relay", relay_options={"max_payload_bytes": MB}) as harness:

@@ -22,7 +22,6 @@ import pytest
 from click.testing import CliRunner
 
 from mpiengine.cli_remote import endpoint as endpoint_cli
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness, wait_for
 from mpiengine_sdk import (
     Executor,
     MPIFunction,
@@ -34,6 +33,7 @@ from mpiengine_sdk import (
 )
 from mpiengine_sdk.remote import RelayBackend, attach
 from tests.conftest import require
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 
 pytestmark = pytest.mark.relay
 

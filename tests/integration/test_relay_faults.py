@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness, wait_for
 from mpiengine_sdk import Executor, ShellFunction, TaskFuture
 from mpiengine_sdk.remote import RelayBackend
 from mpiengine_sdk.wire import ResultMessage
 from tests.integration.test_relay_e2e import require_broker
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 
 pytestmark = [pytest.mark.relay, pytest.mark.slow]
 

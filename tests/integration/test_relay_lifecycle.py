@@ -19,9 +19,9 @@ import mpiengine.cli_relay
 from mpiengine.cli_relay import relay as relay_cli
 from mpiengine.relay.config import load_relay_config
 from mpiengine.relay.daemon import RelayInstance, instances, running_pid, stop_relay
-from mpiengine.relay.harness import RelayHarness
 from mpiengine_sdk import BackendError, Executor, ShellFunction
 from tests.integration.test_relay_e2e import require_broker
+from tests.support.relay_harness import RelayHarness
 
 pytestmark = pytest.mark.relay
 

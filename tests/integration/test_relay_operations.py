@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness
 from mpiengine_sdk import DependencyFailed, Executor, ShellFunction, progress
 from tests.integration.test_relay_e2e import require_broker
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness
 
 pytestmark = pytest.mark.relay
 

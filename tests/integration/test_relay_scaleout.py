@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mpiengine.relay.harness import RelayHarness, wait_for
 from mpiengine_sdk import TaskFuture
 from tests.integration.test_relay_e2e import require_broker
 from tests.integration.test_relay_faults import ENGINE, Counted
+from tests.support.relay_harness import RelayHarness, wait_for
 
 pytestmark = [pytest.mark.relay, pytest.mark.slow]
 

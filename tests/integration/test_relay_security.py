@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 
 from mpiengine.cli_remote import relay as relay_cli
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness, wait_for
 from mpiengine_sdk import (
     AuthenticationError,
     AuthorizationError,
@@ -38,6 +37,7 @@ from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage, decode_result, encode_result
 from mpiengine_sdk.wire import encode_task as encode_task_message
 from tests.integration.test_relay_e2e import require_broker
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 
 pytestmark = pytest.mark.relay
 

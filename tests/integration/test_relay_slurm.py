@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mpiengine.relay.harness import EndpointProcess, Principal, RelayHarness
 from mpiengine_sdk import Executor, MPIFunction, MPIPythonFunction, ResourceSpec, ShellFunction
 from tests.integration.test_relay_e2e import require_broker
 from tests.integration.test_slurm_blocks import conf, config
+from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness
 
 __all__ = ["conf"]  # the module-scoped cluster fixture, shared
 
