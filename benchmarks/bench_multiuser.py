@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_relay import measure  # noqa: E402
-from tests.support.relay_harness import RelayHarness  # noqa: E402
 
 from mpiengine.multiuser.manager import MANAGER_ENGINE  # noqa: E402
 from mpiengine_sdk import Executor, ShellFunction  # noqa: E402
+from tests.support.relay_harness import RelayHarness  # noqa: E402
 
 ENGINE = {"nodes": 4, "cores_per_node": 4}
 
