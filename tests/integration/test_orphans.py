@@ -26,7 +26,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from mpiengine.cli_remote import endpoint as endpoint_cli
+from mpiengine.cli.endpoint import endpoint as endpoint_cli
 from mpiengine_sdk import Executor, ShellFunction
 from tests.conftest import REPO
 from tests.integration.test_relay_e2e import require_broker
@@ -230,8 +230,7 @@ def test_endpoint_stop_returns_once_the_process_exited(
     # so nothing here reaps it and an exited endpoint may stay a zombie for a while.
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     subprocess.run(
-        [sys.executable, "-m", "mpiengine.cli_remote", "endpoint", "start", "ep-stop"]
-        + ["--detach"],
+        [sys.executable, "-m", "mpiengine", "endpoint", "start", "ep-stop"] + ["--detach"],
         env={**harness.env, "PYTHONPATH": pythonpath},  # the engine module is under tests/
         check=True,
         capture_output=True,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mpiengine.cli_remote import endpoint as endpoint_cli
+from mpiengine.cli.endpoint import endpoint as endpoint_cli
 from mpiengine_sdk import (
     Executor,
     MPIFunction,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import mpiengine.cli_relay
-from mpiengine.cli_relay import relay as relay_cli
+import mpiengine.cli.relay
+from mpiengine.cli.relay import relay as relay_cli
 from mpiengine.relay.config import load_relay_config
 from mpiengine.relay.daemon import RelayInstance, instances, running_pid, stop_relay
 from mpiengine_sdk import BackendError, Executor, ShellFunction
@@ -46,7 +46,7 @@ def harness(tmp_path: Path) -> Iterator[RelayHarness]:
 def _cli(
     h: RelayHarness, *args: str, stdin: str = "", config: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "mpiengine.cli_remote", "relay", *args]
+    argv = [sys.executable, "-m", "mpiengine", "relay", *args]
     argv += ["--config", str(config or h.config_path)]
     return subprocess.run(
         argv, input=stdin, env=h.env, capture_output=True, text=True, timeout=120, check=False
@@ -153,7 +153,7 @@ def test_destroy_refuses_a_running_relay_unless_forced(harness: RelayHarness) ->
 
 def test_init_asks_on_a_terminal(harness: RelayHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     h = harness
-    monkeypatch.setattr(mpiengine.cli_relay, "_is_terminal", lambda: True)
+    monkeypatch.setattr(mpiengine.cli.relay, "_is_terminal", lambda: True)
     h.config_path.unlink()
     admin_user = f"t{h.tag}-relay"
     answers = f"amqp://127.0.0.1:5672\n{h.vhost}\n{admin_user}\npw-2\n"

@@ -16,7 +16,7 @@ import pika.exceptions
 import pytest
 from click.testing import CliRunner
 
-from mpiengine.cli_remote import relay as relay_cli
+from mpiengine.cli.relay import relay as relay_cli
 from mpiengine_sdk import (
     AuthenticationError,
     AuthorizationError,

@@ -312,8 +312,8 @@ def test_endpoint_configure_by_site(tmp_path: Path, monkeypatch) -> None:
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     doc = yaml.safe_load((tmp_path / "ep" / "endpoint.yaml").read_text())
-    assert doc["engine"] == "batch"
-    opts = doc["engine_options"]
+    assert doc["backend"] == "batch"
+    opts = doc["backend_options"]
     assert opts["queue"] == "debug-scaling" and opts["account"] == "abc"
     assert opts["nodes_per_block"] == 4 and opts["launcher"] == "pals"
     assert "#PBS -l filesystems=home:eagle" in opts["scheduler_options"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mpiengine.agent.cli import agent
 from mpiengine.agent.nodes import detect_scheduler, discover_nodes, local_cpus, read_nodefile
 from mpiengine.agent.protocol import (
     ProtocolError,
@@ -18,6 +17,7 @@ from mpiengine.agent.protocol import (
     launch_to_dict,
 )
 from mpiengine.agent.steps import SrunSteps, step_name
+from mpiengine.cli.agent import agent
 from mpiengine.runner.launch import Completion, LaunchSpec
 from mpiengine_sdk.errors import BackendError
 

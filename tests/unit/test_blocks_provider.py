@@ -172,7 +172,7 @@ def test_the_job_command_starts_the_agent_with_a_token_file_not_a_token(tmp_path
 
     cfg = config(heartbeat_period=1.5, agent_grace=20, max_concurrent_launches=8)
     words = shlex.split(job_command(cfg, "tcp://127.0.0.1:5555", "blk1", tmp_path / "b 1"))
-    assert "agent" in words or words[1:3] == ["-m", "mpiengine.agent"]
+    assert words[1] == "agent" or words[1:4] == ["-m", "mpiengine", "agent"]
     for opt in (
         "--connect=tcp://127.0.0.1:5555",
         "--block-id=blk1",

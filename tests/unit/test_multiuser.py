@@ -326,7 +326,7 @@ def test_audit_log_failures_are_loud(tmp_path: Path) -> None:
 
 # -- render-config -----------------------------------------------------------------------------
 def test_render_config_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mpiengine.cli_remote import endpoint
+    from mpiengine.cli.endpoint import endpoint
 
     monkeypatch.setenv("MPIENGINE_HOME", str(tmp_path))
     runner = CliRunner()
@@ -349,7 +349,7 @@ def test_render_config_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 # -- SDK ---------------------------------------------------------------------------------------
 def test_executor_sends_user_config_and_checks_it_at_the_edge() -> None:
-    from mpiengine.service.engines import NullBackend
+    from mpiengine.service.backends import NullBackend
     from mpiengine_sdk import Executor, ShellFunction
 
     with Executor(backend=NullBackend(), user_config={"account": "p", "nodes": 2}) as ex:

@@ -248,8 +248,8 @@ def test_endpoint_names_and_config(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             check_name(bad)
     paths = EndpointPaths("ep", tmp_path / "ep")
-    ServiceConfig(user="u", engine="null", engine_options={"nodes": 2}).save(paths.config)
-    assert load_service_config(paths.config).engine_options == {"nodes": 2}
+    ServiceConfig(user="u", backend="null", backend_options={"nodes": 2}).save(paths.config)
+    assert load_service_config(paths.config).backend_options == {"nodes": 2}
     paths.config.write_text("prefetch: 0\n")
     with pytest.raises(ConfigError, match="prefetch"):
         load_service_config(paths.config)
@@ -298,7 +298,7 @@ def test_endpoint_cli_configure_list_status_delete(
 ) -> None:
     from click.testing import CliRunner
 
-    from mpiengine.cli_remote import endpoint
+    from mpiengine.cli.endpoint import endpoint
 
     monkeypatch.setenv("MPIENGINE_HOME", str(tmp_path))
     secret = tmp_path / "pw"
@@ -312,9 +312,9 @@ def test_endpoint_cli_configure_list_status_delete(
     assert out.exit_code == 0, out.output
     config = load_service_config(tmp_path / "ep1" / "endpoint.yaml")
     assert config.user == "alice" and config.stop_grace == 3
-    assert config.engine_options == {"nodes": 2, "kill_grace": 0.5}
+    assert config.backend_options == {"nodes": 2, "kill_grace": 0.5}
     assert (tmp_path / "ep1" / "credentials").stat().st_mode & 0o777 == 0o600
-    assert runner.invoke(endpoint, ["configure", "ep1", "--engine", "null"]).exit_code == 0
+    assert runner.invoke(endpoint, ["configure", "ep1", "--backend", "null"]).exit_code == 0
     assert load_service_config(tmp_path / "ep1" / "endpoint.yaml").user == "alice"  # kept
     listed = runner.invoke(endpoint, ["list"])
     assert listed.output.strip() == "ep1  -  stopped"

@@ -214,7 +214,7 @@ def test_retention_options_are_checked(tmp_path):
 
 
 def test_an_endpoint_service_keeps_sandboxes_a_week_unless_told(tmp_path):
-    from mpiengine.service.engines import SERVICE_SANDBOX_MAX_AGE, make_backend
+    from mpiengine.service.backends import SERVICE_SANDBOX_MAX_AGE, make_backend
 
     assert SERVICE_SANDBOX_MAX_AGE == 7 * DAY
     embedded = make_backend("embedded", {"nodes": 1}, tmp_path / "a")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import mpiengine_sdk.functions as functions_module
 from mpiengine.cli import main
-from mpiengine.cli_remote import endpoint
+from mpiengine.cli.endpoint import endpoint
 from mpiengine.runner.pyoutcome import read_python_outcome
 from mpiengine_sdk import (
     ArgumentError,
@@ -126,14 +126,14 @@ def test_endpoint_configure_refuses_a_config_path_that_does_not_exist(tmp_path, 
     monkeypatch.setenv("MPIENGINE_HOME", str(tmp_path / "home"))
     missing = tmp_path / "nope.yaml"
     result = CliRunner().invoke(
-        endpoint, ["configure", "ep1", "--engine", "batch", "--option", f"config={missing}"]
+        endpoint, ["configure", "ep1", "--backend", "batch", "--option", f"config={missing}"]
     )
     assert result.exit_code == 2
     assert f"config={missing}: no such file" in result.output
     present = tmp_path / "ep.yaml"
     present.write_text("provider: local\n")
     result = CliRunner().invoke(
-        endpoint, ["configure", "ep1", "--engine", "batch", "--option", f"config={present}"]
+        endpoint, ["configure", "ep1", "--backend", "batch", "--option", f"config={present}"]
     )
     assert result.exit_code == 0, result.output
 

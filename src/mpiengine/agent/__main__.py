@@ -1,6 +1,7 @@
-"""``python -m mpiengine.agent``: the same as ``mpiengine agent``."""
+"""``python -m mpiengine.agent``: ``python -m mpiengine agent``, for block jobs submitted before
+their job command became that."""
 
-from mpiengine.agent.cli import agent
+from mpiengine.cli.agent import agent
 
 if __name__ == "__main__":
     agent()

@@ -20,14 +20,14 @@ def agent_command(cfg: EndpointConfig) -> str:
     """The shell words that start ``mpiengine agent`` in a job (without its options).
 
     The config's ``agent_command`` if set; else this installation's ``mpiengine`` script (beside
-    this interpreter), else ``python -m mpiengine.agent`` with this interpreter.
+    this interpreter), else ``python -m mpiengine agent`` with this interpreter.
     """
     if cfg.agent_command:
         return cfg.agent_command
     script = Path(sys.executable).parent / "mpiengine"
     if script.is_file() and os.access(script, os.X_OK):
         return f"{shlex.quote(str(script))} agent"
-    return f"{shlex.quote(sys.executable)} -m mpiengine.agent"
+    return f"{shlex.quote(sys.executable)} -m mpiengine agent"
 
 
 def job_command(cfg: EndpointConfig, address: str, block_id: str, directory: Path) -> str:

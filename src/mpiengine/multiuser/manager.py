@@ -483,14 +483,14 @@ def render_offline(name: str, principal: str, variables: Any) -> dict[str, Any]:
 
     paths = EndpointPaths.of(name)
     config = load_service_config(paths.config)
-    if config.engine != MANAGER_ENGINE:
-        raise ConfigError("engine", f"endpoint {name!r} is not a multi-user endpoint")
-    options = {k: v for k, v in config.engine_options.items() if k in _FILE_OPTIONS}
+    if config.backend != MANAGER_ENGINE:
+        raise ConfigError("backend", f"endpoint {name!r} is not a multi-user endpoint")
+    options = {k: v for k, v in config.backend_options.items() if k in _FILE_OPTIONS}
     identity = IdentityMap(_at(paths.root, options.get("mapping", "identity_mapping.json")), name)
     template = UserConfigTemplate.from_files(
         _at(paths.root, options.get("template", "user_config_template.yaml.j2")),
         _at(paths.root, options.get("schema", "user_config_schema.json")),
-        config.engine_options.get("policy_keys", ("workdir",)),
+        config.backend_options.get("policy_keys", ("workdir",)),
     )
     account = identity.account(principal)
     return template.render(variables, ManagerBackend._reserved(principal, account))

@@ -57,7 +57,7 @@ def _become(account: pwd.struct_passwd, setup: dict[str, Any]) -> tuple[Any, Any
     # read; nothing of the user's runs before the drop.
     from mpiengine.multiuser.allowlist import AllowList
     from mpiengine.multiuser.privileges import drop_privileges, private_dir, user_environment
-    from mpiengine.service.engines import make_backend
+    from mpiengine.service.backends import make_backend
 
     if setup["engine"] == "embedded":
         import mpiengine.embedded  # noqa: F401

@@ -148,7 +148,7 @@ def start_detached(instance: RelayInstance, timeout: float = 60.0) -> int:
         raise ConfigError("instance", f"relay {instance.name} is already running (pid {other})")
     config = instance.config.resolve()
     instance.ready.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "mpiengine.cli_remote", "relay", "serve", "--config"]
+    argv = [sys.executable, "-m", "mpiengine", "relay", "serve", "--config"]
     argv += [str(config), "--instance", instance.name, "--ready-file", str(instance.ready)]
     pid = detach.spawn(argv, instance.log)
     deadline = time.monotonic() + timeout

@@ -2,18 +2,23 @@
 
 Everything of endpoint NAME lives in ``<MPIENGINE_HOME or ~/.mpiengine>/NAME/``:
 
-- ``endpoint.yaml``: this config (relay, user, endpoint id once registered, engine, limits);
+- ``endpoint.yaml``: this config (relay, user, endpoint id once registered, backend, limits);
 - ``credentials``: the broker password (mode 0600);
 - ``endpoint.pid``, ``endpoint.log``, ``status.json`` (the last heartbeat's status);
 - ``state.db``: results not yet confirmed by the broker, and cancels of unseen tasks;
-- ``work/``: the engine's working directory (task sandboxes).
+- ``work/``: the backend's working directory (task sandboxes).
+
+Older endpoint.yaml files name the backend ``engine:`` and its options ``engine_options:``; they
+still load, with a warning (once per file and key) naming the new key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,15 @@ from mpiengine_sdk.client_config import mpiengine_home
 from mpiengine_sdk.errors import ConfigError
 from mpiengine_sdk.remote.protocol import DEFAULT_BROKER_URL
 
-__all__ = ["EndpointPaths", "ServiceConfig", "check_name", "load_service_config"]
+__all__ = [
+    "EndpointPaths",
+    "RENAMED_KEYS",
+    "ServiceConfig",
+    "check_name",
+    "load_service_config",
+]
+
+_log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 #: Folders of MPIENGINE_HOME used by other parts.
@@ -91,7 +104,7 @@ class EndpointPaths:
 
     @property
     def work(self) -> Path:
-        """The engine's working directory."""
+        """The backend's working directory."""
         return self.root / "work"
 
     def password(self) -> str:
@@ -124,11 +137,13 @@ class ServiceConfig:
         relay: the broker URL (without credentials).
         user: the broker user the endpoint logs in as (its owner).
         endpoint_id: given by the relay at the first start (registration).
-        engine: what runs the tasks: ``embedded`` (this host as virtual nodes), ``batch``
-            (blocks from a batch system; options: endpoint config keys), ``null``
+        backend: what runs the tasks: ``embedded`` (this host as virtual nodes), ``batch``
+            (blocks from a batch system; options: block config keys), ``null``
             (completes every task at once: relay benchmarks), or ``package.module:factory``
-            (called with ``workdir=`` and the engine options; returns a Backend).
-        engine_options: keyword arguments of the engine (``nodes``, ``cores_per_node``...).
+            (called with ``workdir=`` and the backend options; returns a Backend). Formerly
+            ``engine``.
+        backend_options: keyword arguments of the backend (``nodes``, ``cores_per_node``...).
+            Formerly ``engine_options``.
         prefetch: task batches held unacknowledged at once.
         heartbeat_period: seconds between heartbeats.
         stop_grace: seconds ``stop`` lets running tasks finish before returning them.
@@ -139,8 +154,8 @@ class ServiceConfig:
     relay: str = DEFAULT_BROKER_URL
     user: str = ""
     endpoint_id: str | None = None
-    engine: str = "embedded"
-    engine_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "embedded"
+    backend_options: dict[str, Any] = field(default_factory=dict)
     prefetch: int = 4
     heartbeat_period: float = 5.0
     stop_grace: float = 30.0
@@ -165,8 +180,45 @@ def _allowed() -> str:
     return ", ".join(f.name for f in dataclasses.fields(ServiceConfig))
 
 
+#: Keys of older endpoint.yaml files, and the keys that replaced them.
+RENAMED_KEYS = {"engine": "backend", "engine_options": "backend_options"}
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _renamed(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``doc`` with its old keys under their new names, warning once per file and key.
+
+    Raises:
+        ConfigError: a key given under both its old and its new name.
+    """
+    doc = dict(doc)
+    for old, new in RENAMED_KEYS.items():
+        if old not in doc:
+            continue
+        if new in doc:
+            raise ConfigError(
+                str(path), f"both {old!r} and {new!r}: {old!r} is the old name of {new!r}, keep one"
+            )
+        doc[new] = doc.pop(old)
+        with _warned_lock:
+            first = (str(path), old) not in _warned
+            _warned.add((str(path), old))
+        if first:
+            _log.warning(
+                "%s: the key %r is deprecated, rename it %r (it still loads; "
+                "`mpiengine endpoint configure NAME` rewrites the file)",
+                path,
+                old,
+                new,
+            )
+    return doc
+
+
 def load_service_config(path: Path) -> ServiceConfig:
     """Read an endpoint.yaml.
+
+    Old keys (:data:`RENAMED_KEYS`) load under their new names, with a deprecation warning.
 
     Raises:
         ConfigError: missing or unreadable file, unknown key, or a value of the wrong type.
@@ -181,11 +233,12 @@ def load_service_config(path: Path) -> ServiceConfig:
         raise ConfigError(str(path), f"cannot read the endpoint config: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(str(path), "the endpoint config must be a mapping", _allowed())
+    doc = _renamed(doc, path)
     unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(ServiceConfig)})
     if unknown:
         raise ConfigError(str(path), f"unknown key(s) {unknown}", _allowed())
-    if not isinstance(doc.get("engine_options", {}), dict):
-        raise ConfigError("engine_options", "must be a mapping of keyword arguments")
+    if not isinstance(doc.get("backend_options", {}), dict):
+        raise ConfigError("backend_options", "must be a mapping of keyword arguments")
     for key in ("prefetch", "max_result_bytes"):
         if key in doc and (not isinstance(doc[key], int) or doc[key] < 1):
             raise ConfigError(key, f"must be a positive integer, got {doc[key]!r}")

@@ -131,7 +131,7 @@ def start_detached(name: str, timeout: float = 60.0) -> int:
     if running_pid(paths) is not None:
         raise ConfigError(name, f"endpoint {name!r} is already running (pid {running_pid(paths)})")
     paths.root.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "mpiengine.cli_remote", "endpoint", "start", "--foreground-child"]
+    argv = [sys.executable, "-m", "mpiengine", "endpoint", "start", "--foreground-child"]
     pid = detach.spawn([*argv, name], paths.log, mode=0o644)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,7 +194,7 @@ def endpoint_status(name: str) -> dict[str, Any]:
         "endpoint_id": config.endpoint_id,
         "relay": config.relay,
         "user": config.user,
-        "engine": config.engine,
+        "engine": config.backend,
         "running": pid is not None,
         "pid": pid,
         "last_status": last,

@@ -23,9 +23,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mpiengine.service.backends import backend_status, make_backend
 from mpiengine.service.config import EndpointPaths, ServiceConfig
 from mpiengine.service.deliveries import Deliveries
-from mpiengine.service.engines import backend_status, make_backend
 from mpiengine.service.outbox import ResultOutbox
 from mpiengine.service.store import LocalStore
 from mpiengine_sdk.backend import Backend
@@ -55,7 +55,7 @@ class EndpointService:
         config: the endpoint's config (with its ``endpoint_id``).
         paths: its folder.
         transport: the broker, logged in as the endpoint's owner.
-        backend: the engine (default: the one ``config.engine`` names).
+        backend: the backend (default: the one ``config.backend`` names).
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class EndpointService:
         self.paths = paths
         self.endpoint_id = config.endpoint_id
         self._transport = transport
-        self._backend = backend or make_backend(config.engine, config.engine_options, paths.work)
+        self._backend = backend or make_backend(config.backend, config.backend_options, paths.work)
         self._store: LocalStore | None = None
         self._outbox: ResultOutbox | None = None
         self._deliveries = Deliveries()
@@ -332,7 +332,7 @@ class EndpointService:
             "pid": os.getpid(),
             "state": state or ("stopping" if self._stop.is_set() else "running"),
             "connected": self._channel is not None,
-            "engine": self.config.engine,
+            "engine": self.config.backend,
             "blocks": int(engine.get("blocks", 0) or 0),
             "nodes": nodes,
             "nodes_busy": len(busy),

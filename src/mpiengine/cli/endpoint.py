@@ -1,45 +1,29 @@
-"""``mpiengine relay ...`` and ``mpiengine endpoint ...``: thin click layers over
-``mpiengine.relay`` (in ``cli_relay``) and ``mpiengine.service``. The main CLI mounts both
-groups; ``python -m mpiengine.cli_remote`` runs them on their own.
-"""
+"""``mpiengine endpoint ...``: configure, start, stop and inspect endpoint services, a thin
+click layer over ``mpiengine.service``."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from mpiengine.cli_relay import relay
-from mpiengine_sdk.errors import MPIEngineError
+from mpiengine.cli.errors import cli_errors
+from mpiengine.cli.output import echo_json
 
-__all__ = ["endpoint", "relay"]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except MPIEngineError as exc:
-        raise click.ClickException(str(exc)) from exc
+__all__ = ["endpoint"]
 
 
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
-
-
-# -- endpoint ---------------------------------------------------------------------------------
 @click.group()
 def endpoint() -> None:
     """Configure, start, stop and inspect endpoint services (~/.mpiengine/NAME/)."""
 
 
 def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
     parsed: dict[str, Any] = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -49,6 +33,16 @@ def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
+def _backend_choice(backend: str | None, old_engine: str | None) -> str | None:
+    """``--backend``, or the deprecated ``--engine`` it replaced (with a note on stderr)."""
+    if old_engine is None:
+        return backend
+    click.echo("mpiengine: --engine is deprecated; use --backend (the same values)", err=True)
+    if backend is not None and backend != old_engine:
+        raise click.UsageError("--engine (deprecated) and --backend disagree: give --backend")
+    return old_engine
+
+
 @endpoint.command()
 @click.argument("name")
 @click.option("--relay", "relay_url", default=None, help="Broker URL (amqp://host:port/vhost).")
@@ -56,14 +50,16 @@ def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--password-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @click.option(
-    "--engine",
+    "--backend",
     default=None,
-    help="embedded (default), batch (blocks from Slurm/PBS/local), null, or module:factory.",
+    help="What runs the tasks: embedded (default), batch (blocks from Slurm/PBS/local), null, "
+    "or module:factory.",
 )
-@click.option("--nodes", type=int, default=None, help="Embedded engine: virtual nodes.")
-@click.option("--cores-per-node", type=int, default=None, help="Embedded engine: cores each.")
-@click.option("--option", "options", multiple=True, help="Engine option KEY=VALUE (repeatable).")
-@click.option("--site", default=None, help="A named machine (mpiengine sites list): batch engine.")
+@click.option("--engine", "old_engine", default=None, hidden=True, help="Deprecated: --backend.")
+@click.option("--nodes", type=int, default=None, help="Embedded backend: virtual nodes.")
+@click.option("--cores-per-node", type=int, default=None, help="Embedded backend: cores each.")
+@click.option("--option", "options", multiple=True, help="Backend option KEY=VALUE (repeatable).")
+@click.option("--site", default=None, help="A named machine (mpiengine sites list): batch backend.")
 @click.option("--set", "sets", multiple=True, help="With --site: KEY=VALUE (account, queue...).")
 @click.option("--prefetch", type=int, default=None, help="Task batches held at once.")
 @click.option("--heartbeat-period", type=float, default=None)
@@ -78,24 +74,25 @@ def configure(name: str, **kw: Any) -> None:
     """Create or update endpoint NAME's config."""
     from mpiengine.service.config import EndpointPaths, ServiceConfig, load_service_config
 
-    with _errors():
+    with cli_errors():
+        kw["backend"] = _backend_choice(kw["backend"], kw.pop("old_engine"))
         paths = EndpointPaths.of(name)
         config = load_service_config(paths.config) if paths.config.exists() else ServiceConfig()
-        engine_options = dict(config.engine_options)
+        backend_options = dict(config.backend_options)
         site, sets = kw.pop("site"), kw.pop("sets")
         if sets and site is None:
-            raise click.UsageError("--set needs --site (use --option for engine options)")
-        if site is not None:  # the machine's whole config replaces the engine options
-            from mpiengine.cli_sites import site_engine_options
+            raise click.UsageError("--set needs --site (use --option for backend options)")
+        if site is not None:  # the machine's whole config replaces the backend options
+            from mpiengine.cli.sites import site_backend_options
 
-            engine_options = site_engine_options(site, sets)
-            kw["engine"] = "batch"
+            backend_options = site_backend_options(site, sets)
+            kw["backend"] = "batch"
         if kw.pop("multi_user"):
             from mpiengine.multiuser.manager import MANAGER_ENGINE
 
-            kw["engine"] = MANAGER_ENGINE
-        engine_options.update(_parse_options(kw.pop("options")))
-        config_path = engine_options.get("config")
+            kw["backend"] = MANAGER_ENGINE
+        backend_options.update(_parse_options(kw.pop("options")))
+        config_path = backend_options.get("config")
         if config_path is not None and not Path(str(config_path)).expanduser().is_file():
             raise click.BadParameter(
                 f"config={config_path}: no such file; give the path of an endpoint config "
@@ -104,17 +101,17 @@ def configure(name: str, **kw: Any) -> None:
             )
         for key in ("nodes", "cores_per_node"):
             if kw.get(key) is not None:
-                engine_options[key] = kw[key]
+                backend_options[key] = kw[key]
         changes = {
             "relay": kw["relay_url"],
             "user": kw["user"],
-            "engine": kw["engine"],
+            "backend": kw["backend"],
             "prefetch": kw["prefetch"],
             "heartbeat_period": kw["heartbeat_period"],
             "stop_grace": kw["stop_grace"],
         }
         config = config.replace(
-            engine_options=engine_options, **{k: v for k, v in changes.items() if v is not None}
+            backend_options=backend_options, **{k: v for k, v in changes.items() if v is not None}
         )
         config.save(paths.config)
         if kw["password_file"] is not None:
@@ -132,7 +129,7 @@ def start(name: str, detach: bool, foreground_child: bool) -> None:
     """Start endpoint NAME (registering it with the relay the first time)."""
     from mpiengine.service.daemon import serve_foreground, start_detached
 
-    with _errors():
+    with cli_errors():
         if detach:
             pid = start_detached(name)
             click.echo(f"endpoint {name} running (pid {pid})")
@@ -148,7 +145,7 @@ def stop(name: str, grace: float | None) -> None:
     queue."""
     from mpiengine.service.daemon import stop_endpoint
 
-    with _errors():
+    with cli_errors():
         stopped = stop_endpoint(name, grace)
     click.echo(f"endpoint {name} {'stopped' if stopped else 'was not running'}")
 
@@ -160,10 +157,10 @@ def status(name: str, as_json: bool) -> None:
     """Show endpoint NAME's state and last heartbeat."""
     from mpiengine.service.daemon import endpoint_status
 
-    with _errors():
+    with cli_errors():
         info = endpoint_status(name)
     if as_json:
-        _echo_json(info)
+        echo_json(info)
         return
     last = info["last_status"]
     click.echo(f"endpoint  {name} ({info['endpoint_id'] or 'not registered'})")
@@ -204,7 +201,7 @@ def delete(name: str, force: bool) -> None:
     """Delete endpoint NAME's folder (config, credentials, logs, sandboxes)."""
     from mpiengine.service.daemon import delete_endpoint
 
-    with _errors():
+    with cli_errors():
         delete_endpoint(name, force=force)
     click.echo(f"endpoint {name} deleted")
 
@@ -222,22 +219,13 @@ def delete(name: str, force: bool) -> None:
 def render_config(name: str, vars_file: Path, principal: str) -> None:
     """Render multi-user endpoint NAME's user config template offline: the schema check, the
     identity mapping and the template, exactly as a submit from PRINCIPAL would."""
+    import yaml
+
     from mpiengine.multiuser.manager import render_offline
 
-    with _errors():
+    with cli_errors():
         try:
             variables = json.loads(vars_file.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--vars") from exc
         click.echo(yaml.safe_dump(render_offline(name, principal, variables), sort_keys=False))
-
-
-def _main() -> Callable[[], None]:
-    group = click.Group("mpiengine", help="The relay and endpoint commands of mpiengine.")
-    group.add_command(relay)
-    group.add_command(endpoint)
-    return group
-
-
-if __name__ == "__main__":
-    _main()()

@@ -4,24 +4,14 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import click
-import yaml
 
-from mpiengine_sdk.errors import MPIEngineError
+from mpiengine.cli.errors import cli_errors
 
-__all__ = ["site_engine_options", "sites"]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except MPIEngineError as exc:
-        raise click.ClickException(str(exc)) from exc
+__all__ = ["site_backend_options", "sites"]
 
 
 @click.group()
@@ -35,7 +25,7 @@ def list_sites() -> None:
     from mpiengine.sites import available_sites, load_site
 
     rows = [("NAME", "MACHINE", "FACILITY", "BATCH", "LAUNCHER", "CORES", "GPUS", "QUEUES")]
-    with _errors():
+    with cli_errors():
         for name in available_sites():
             s = load_site(name)
             gpus = f"{s.node.gpus} {s.node.gpu_vendor}" if s.node.gpus else "-"
@@ -65,8 +55,9 @@ def show(name: str, queue: str | None) -> None:
     """Show machine NAME: what it is, its queues, and the launch line of a sample task."""
     from mpiengine.site_preview import batch_header, sample_tasks
     from mpiengine.sites import load_site
+    from mpiengine_sdk.errors import MPIEngineError
 
-    with _errors():
+    with cli_errors():
         site = load_site(name)
         q = site.queue(queue)
         node = q.node if q is not None else site.node
@@ -131,8 +122,8 @@ def show(name: str, queue: str | None) -> None:
                    "[--set queue=...]")  # fmt: skip
 
 
-def site_engine_options(site: str, sets: Sequence[str]) -> dict[str, Any]:
-    """The batch engine options of ``--site SITE --set KEY=VALUE ...``: the site's endpoint
+def site_backend_options(site: str, sets: Sequence[str]) -> dict[str, Any]:
+    """The batch backend options of ``--site SITE --set KEY=VALUE ...``: the site's endpoint
     config with the user's values, validated, keeping only what differs from the defaults.
 
     Raises:
@@ -153,4 +144,6 @@ def site_engine_options(site: str, sets: Sequence[str]) -> dict[str, Any]:
 
 
 def _value(text: str) -> Any:
+    import yaml
+
     return yaml.safe_load(text) if text else text

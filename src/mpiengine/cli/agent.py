@@ -1,10 +1,8 @@
-"""``mpiengine agent``: the command a block's batch job runs on its lead node."""
+"""``mpiengine agent``: the command a block's batch job runs on its lead node (``python -m
+mpiengine agent`` where no ``mpiengine`` script sits beside the interpreter)."""
 
 from __future__ import annotations
 
-import logging
-import signal
-import sys
 from pathlib import Path
 from types import FrameType
 
@@ -72,6 +70,10 @@ def agent(
     log_file: Path | None,
 ) -> None:
     """Run a block's agent: connect to the endpoint and run the tasks it sends."""
+    import logging
+    import signal
+    import sys
+
     from mpiengine.agent.agent import Agent, AgentOptions
 
     handler: logging.Handler = (

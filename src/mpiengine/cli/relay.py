@@ -1,5 +1,5 @@
-"""``mpiengine relay ...``: a thin click layer over ``mpiengine.relay``; ``mpiengine.cli_remote``
-mounts it beside ``mpiengine endpoint ...``.
+"""``mpiengine relay ...``: run and administer the relay, a thin click layer over
+``mpiengine.relay``.
 
 The lifecycle: ``init`` (config, vhost, admin user), ``serve [--detach]``, ``status``, ``stop``,
 ``destroy``; principals and endpoints: ``add-user``, ``delete-user``, ``add-endpoint``,
@@ -8,38 +8,20 @@ The lifecycle: ``init`` (config, vhost, admin user), ``serve [--detach]``, ``sta
 
 from __future__ import annotations
 
-import json
-import logging
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import click
 
-from mpiengine_sdk.errors import MPIEngineError
+from mpiengine.cli.errors import cli_errors
+from mpiengine.cli.output import echo_json
 
 __all__ = ["relay"]
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except MPIEngineError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
-
-
-# -- relay ------------------------------------------------------------------------------------
 _config_option = click.option(
     "--config",
     "config_path",
@@ -76,7 +58,9 @@ _instance_option = click.option(
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 def serve(config_path: Path | None, instance: str, detach: bool, ready_file: Path | None) -> None:
     """Serve until SIGTERM/SIGINT or `relay stop` (in the foreground unless --detach)."""
+    import logging
     import os
+    import signal
 
     from mpiengine.relay import RelayService, load_relay_config
     from mpiengine.relay.daemon import (
@@ -86,7 +70,7 @@ def serve(config_path: Path | None, instance: str, detach: bool, ready_file: Pat
         start_detached,
     )
 
-    with _errors():
+    with cli_errors():
         me = RelayInstance(_path(config_path), instance)
         if detach:
             pid = start_detached(me)
@@ -122,7 +106,7 @@ def stop_(config_path: Path | None, instance: str | None, grace: float) -> None:
     from mpiengine.relay.daemon import RelayInstance, instances, stop_relay
 
     path = _path(config_path)
-    with _errors():
+    with cli_errors():
         targets = [RelayInstance(path, instance)] if instance else instances(path)
         for target in targets or [RelayInstance(path)]:
             stopped = stop_relay(target, grace)
@@ -137,10 +121,10 @@ def status_(config_path: Path | None, as_json: bool) -> None:
     the tasks by state."""
     from mpiengine.relay.status import relay_status
 
-    with _errors():
+    with cli_errors():
         info = relay_status(_path(config_path))
     if as_json:
-        _echo_json(info)
+        echo_json(info)
         return
     procs = "; ".join(
         f"{p['instance']} " + (f"running, pid {p['pid']}" if p["running"] else "stopped")
@@ -250,7 +234,7 @@ def init(
     elif admin_password_stdin:
         password = sys.stdin.readline().strip()
     path = _path(config_path)
-    with _errors():
+    with cli_errors():
         given = {"url": broker_url, "vhost": vhost, "admin_user": admin_user}
         settings = _init_settings(path, given, password)
         config, created = init_relay(path, settings, store)
@@ -270,7 +254,7 @@ def destroy(config_path: Path | None, yes: bool, force: bool) -> None:
     from mpiengine.relay.daemon import instances, running_pid, stop_relay
 
     path = _path(config_path)
-    with _errors():
+    with cli_errors():
         running = [(i, pid) for i in instances(path) if (pid := running_pid(i)) is not None]
         if running and not force:
             names = ", ".join(f"{i.name} (pid {pid})" for i, pid in running)
@@ -316,7 +300,7 @@ def add_user(
     from mpiengine_sdk.client_config import write_client_config
 
     password = password_file.read_text().strip() if password_file else None
-    with _errors():
+    with cli_errors():
         secret = _admin(config_path).add_user(name, password, rate, burst)
     if client_config is not None:
         url = _client_url(config_path)
@@ -333,7 +317,7 @@ def add_user(
 @click.argument("name")
 def delete_user(config_path: Path | None, name: str) -> None:
     """Remove principal NAME."""
-    with _errors():
+    with cli_errors():
         _admin(config_path).delete_user(name)
     click.echo(f"user {name} deleted")
 
@@ -345,7 +329,7 @@ def delete_user(config_path: Path | None, name: str) -> None:
 @click.option("--allow", "allowed", multiple=True, help="Another principal who may submit.")
 def add_endpoint(config_path: Path | None, name: str, owner: str, allowed: tuple[str, ...]) -> None:
     """Create endpoint NAME of OWNER (or find it) and print its id."""
-    with _errors():
+    with cli_errors():
         record = _admin(config_path).add_endpoint(name, owner, allowed)
     click.echo(record.id)
 
@@ -357,7 +341,7 @@ def add_endpoint(config_path: Path | None, name: str, owner: str, allowed: tuple
 @click.option("--revoke", is_flag=True, help="Stop sharing instead.")
 def allow(config_path: Path | None, endpoint_id: str, user: str, revoke: bool) -> None:
     """Let USER submit to ENDPOINT_ID (or, with --revoke, no longer)."""
-    with _errors():
+    with cli_errors():
         record = _admin(config_path).allow(endpoint_id, user, not revoke)
     click.echo(f"endpoint {record.id}: owner {record.owner}, shared with {list(record.allowed)}")
 
@@ -366,7 +350,7 @@ def allow(config_path: Path | None, endpoint_id: str, user: str, revoke: bool) -
 @_config_option
 def users(config_path: Path | None) -> None:
     """List principals."""
-    with _errors():
+    with cli_errors():
         for user in _admin(config_path).store.users():
             limit = f" rate={user.rate}/s burst={user.burst}" if user.rate else ""
             click.echo(f"{user.name}{limit}")
@@ -381,7 +365,7 @@ def endpoints(config_path: Path | None) -> None:
     from mpiengine.relay import load_relay_config
     from mpiengine.relay.access import endpoint_view
 
-    with _errors():
+    with cli_errors():
         threshold = load_relay_config(config_path).heartbeat_threshold
         for record in _admin(config_path).store.endpoints():
             view = endpoint_view(record, threshold, time.time())

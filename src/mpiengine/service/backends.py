@@ -1,4 +1,5 @@
-"""What runs an endpoint's tasks: a Backend chosen by name in the endpoint's config.
+"""What runs an endpoint's tasks: a Backend chosen by name (``backend:``) in the endpoint's
+config.
 
 - ``embedded``: ``mpiengine.embedded.EmbeddedEndpoint``: this host as virtual nodes.
 - ``batch``: ``mpiengine.slurm_endpoint.BatchEndpoint``: blocks from a batch system (Slurm,
@@ -6,8 +7,8 @@
   (``site-configs/endpoint.schema.json``), or ``config: PATH`` naming a YAML file of them;
   either way they are validated when the service starts.
 - ``null``: completes every task at once without running it (measures the relay alone).
-- ``package.module:factory``: any callable taking ``workdir=`` and the engine options and
-  returning a Backend (a Slurm-backed engine plugs in here). A ``status()`` method, if it has
+- ``package.module:factory``: any callable taking ``workdir=`` and the backend options and
+  returning a Backend (a Slurm-backed one plugs in here). A ``status()`` method, if it has
   one, feeds the heartbeats.
 """
 
@@ -73,19 +74,24 @@ class NullBackend:
 
 
 #: An endpoint service removes a delivered task's sandbox a week after delivery unless its
-#: engine options say otherwise (``sandbox_max_age``: seconds, or null to keep them).
+#: backend options say otherwise (``sandbox_max_age``: seconds, or null to keep them).
 SERVICE_SANDBOX_MAX_AGE = 7 * 24 * 3600.0
 
 
-def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Backend:
-    """Build the engine an endpoint config names.
+def make_backend(backend: str, options: Mapping[str, Any], workdir: Path) -> Backend:
+    """Build the backend an endpoint config names.
+
+    Args:
+        backend: ``embedded``, ``batch``, ``null`` or ``package.module:factory``.
+        options: its keyword arguments (the config's ``backend_options``).
+        workdir: the service's work folder (task sandboxes), unless the options name one.
 
     Raises:
-        ConfigError: unknown engine, a factory that cannot be imported, or bad options.
+        ConfigError: unknown backend, a factory that cannot be imported, or bad options.
     """
-    if engine == "null":
+    if backend == "null":
         return NullBackend(**options)
-    if engine == "embedded":
+    if backend == "embedded":
         from mpiengine.embedded import EmbeddedEndpoint
 
         opts = dict(options)
@@ -94,22 +100,22 @@ def make_backend(engine: str, options: Mapping[str, Any], workdir: Path) -> Back
         try:
             return EmbeddedEndpoint(**opts)
         except TypeError as exc:
-            raise ConfigError("engine_options", str(exc)) from exc
-    if engine == "batch":
+            raise ConfigError("backend_options", str(exc)) from exc
+    if backend == "batch":
         return _batch_backend(options, workdir)
-    module_name, _, attr = engine.partition(":")
+    module_name, _, attr = backend.partition(":")
     if not module_name or not attr:
         raise ConfigError(
-            "engine",
-            f"unknown engine {engine!r}",
+            "backend",
+            f"unknown backend {backend!r}",
             "embedded, batch, null, or package.module:factory",
         )
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError("engine", f"cannot load {engine!r}: {exc}") from exc
-    backend: Backend = factory(workdir=workdir, **options)
-    return backend
+        raise ConfigError("backend", f"cannot load {backend!r}: {exc}") from exc
+    made: Backend = factory(workdir=workdir, **options)
+    return made
 
 
 def _batch_backend(options: Mapping[str, Any], workdir: Path) -> Backend:
@@ -124,7 +130,7 @@ def _batch_backend(options: Mapping[str, Any], workdir: Path) -> Backend:
     path = opts.pop("config", None)
     if path is not None and opts:
         raise ConfigError(
-            "engine_options",
+            "backend_options",
             f"either config: PATH or inline keys, not both (got config and {sorted(opts)})",
         )
     config = load_config(Path(str(path)).expanduser() if path is not None else opts)
@@ -138,7 +144,7 @@ def _batch_backend(options: Mapping[str, Any], workdir: Path) -> Backend:
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
-    """The engine's own status (blocks, nodes, waiting, running, ...) when it offers one."""
+    """The backend's own status (blocks, nodes, waiting, running, ...) when it offers one."""
     status = getattr(backend, "status", None)
     if status is None:
         return {}
