@@ -32,7 +32,7 @@ from mpiengine_sdk.errors import BackendError
 
 __all__ = ["EndpointProcess", "Principal", "RelayHarness", "wait_for"]
 
-_CLI = [sys.executable, "-m", "mpiengine.cli_remote"]
+_CLI = [sys.executable, "-m", "mpiengine"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -247,9 +247,12 @@ class RelayHarness:
         self, name: str, owner: Principal, engine: str = "embedded", **settings: Any
     ) -> EndpointProcess:
         """Configure (not start) endpoint ``name`` of ``owner``; settings are ServiceConfig
-        fields, engine options go in ``engine_options``."""
+        fields, the backend (``engine``) options go in ``engine_options``."""
         handle = EndpointProcess(self, name, owner)
-        config = ServiceConfig(relay=self.url, user=owner.name, engine=engine, **settings)
+        options = settings.pop("engine_options", {})
+        config = ServiceConfig(
+            relay=self.url, user=owner.name, backend=engine, backend_options=options, **settings
+        )
         config.save(handle.paths.config)
         handle.paths.save_password(owner.password)
         self.endpoints.append(handle)
