@@ -1,6 +1,6 @@
 """An endpoint engine for tests: the embedded engine in a process whose exit is slowed down.
 
-``engine: tests.integration.slow_exit_engine:slow_exit`` with ``exit_delay`` among the engine
+``backend: tests.integration.slow_exit_engine:slow_exit`` with ``exit_delay`` among the backend
 options. The delay runs at interpreter exit (``atexit``), after the service has removed its pid
 file: the window a loaded machine opens between "pid file gone" and "process exited", made wide
 enough that a stop which returns early is caught every time.

@@ -1,4 +1,4 @@
-"""End to end with Slurm blocks: SDK -> relay -> endpoint service (``engine: batch``) -> srun.
+"""End to end with Slurm blocks: SDK -> relay -> endpoint service (``backend: batch``) -> srun.
 
 The endpoint service runs as its own process (``mpiengine endpoint start``) with the batch
 engine: its one 4-node block comes from the real Slurm cluster (ci/slurm-docker) through

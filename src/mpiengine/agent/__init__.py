@@ -4,8 +4,9 @@
 - ``nodes``: discovering the block's nodes (Slurm, PBS nodefile, local);
 - ``steps``: naming srun steps and cancelling those a killed task leaves behind;
 - ``protocol``: the messages between endpoint and agent;
-- ``mailbox``: handing bytes to a zmq loop from other threads;
-- ``cli``: the click command.
+- ``mailbox``: handing bytes to a zmq loop from other threads.
+
+Its click command is ``mpiengine.cli.agent``.
 """
 
 from mpiengine.agent.agent import Agent, AgentOptions

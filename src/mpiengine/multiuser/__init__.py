@@ -6,7 +6,7 @@ POSIX user.
 - ``template``: the admin's Jinja2 template + JSON schema -> a user endpoint's engine config;
 - ``allowlist``: which commands, scripts and functions may run;
 - ``audit``: the append-only audit log;
-- ``manager``: the manager engine (``engine: mpiengine.multiuser.manager:ManagerBackend``);
+- ``manager``: the manager backend (``backend: mpiengine.multiuser.manager:ManagerBackend``);
 - ``userep``: the user endpoint process it forks per (principal, rendered config).
 """
 

@@ -1,7 +1,7 @@
-"""The manager engine of a multi-user endpoint: it never runs a task itself.
+"""The manager backend of a multi-user endpoint: it never runs a task itself.
 
-Configured as the endpoint service's engine (``mpiengine endpoint configure NAME --multi-user``
-writes ``engine: mpiengine.multiuser.manager:ManagerBackend``), in a service run as root (or
+Configured as the endpoint service's backend (``mpiengine endpoint configure NAME --multi-user``
+writes ``backend: mpiengine.multiuser.manager:ManagerBackend``), in a service run as root (or
 an account with CAP_SETUID/CAP_SETGID). For each task, in this order:
 
 1. audit ``received`` (if the audit log cannot be written: intake stops, see below);
