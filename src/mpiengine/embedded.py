@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mpiengine.binding import Binding
-from mpiengine.blocks.local import LocalSource, virtual_node_names
+from mpiengine.blocks.local import LocalBlock, LocalSource, virtual_node_names
 from mpiengine.endpoint import Endpoint
 from mpiengine.launchers import load_launcher
 from mpiengine.retention import EndpointRetention
@@ -133,11 +133,11 @@ class EmbeddedEndpoint(Endpoint):
             gpus_per_node=gpus_per_node,
             end_time=None,
         )
+        launcher = load_launcher("mpich-fork", executable=self.mpiexec)
         source = LocalSource(
-            self._info,
-            load_launcher("mpich-fork", executable=self.mpiexec),
-            kill_grace=kill_grace,
-            gpu_vendor=vendor,
+            lambda sink: LocalBlock(
+                self._info, launcher, sink, kill_grace=kill_grace, gpu_vendor=vendor
+            )
         )
         super().__init__(
             chosen,

@@ -3,8 +3,10 @@ block source that offers it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mpiengine.binding import Binding
-from mpiengine.engineport import CompletionSink, EnginePort
+from mpiengine.engineport import BlockHandle, CompletionSink, EnginePort
 from mpiengine.launchers import LauncherSpec
 from mpiengine.runner.process import Completion, LaunchSpec, TaskRunner
 from mpiengine.scheduler import BlockInfo
@@ -74,35 +76,19 @@ class LocalBlock:
 
 
 class LocalSource:
-    """The block source of the embedded endpoint: one LocalBlock, offered once at start.
+    """The embedded endpoint's block source: one block, offered once at start.
 
     Args:
-        info, launcher, kill_grace, gpu_vendor: as for :class:`LocalBlock`.
+        make_block: builds the block for the engine's completion sink (``engine.report``),
+            e.g. ``lambda sink: LocalBlock(info, launcher, sink)``.
     """
 
-    def __init__(
-        self,
-        info: BlockInfo,
-        launcher: LauncherSpec,
-        *,
-        kill_grace: float = 2.0,
-        gpu_vendor: str | None = None,
-    ) -> None:
-        self._info = info
-        self._launcher = launcher
-        self._kill_grace = kill_grace
-        self._gpu_vendor = gpu_vendor
+    def __init__(self, make_block: Callable[[CompletionSink], BlockHandle]) -> None:
+        self._make_block = make_block
 
     def attach(self, engine: EnginePort) -> None:
-        """Offer the block (its completions go to ``engine.report``)."""
-        block = LocalBlock(
-            self._info,
-            self._launcher,
-            engine.report,
-            kill_grace=self._kill_grace,
-            gpu_vendor=self._gpu_vendor,
-        )
-        engine.add_block(block)
+        """Make the block and offer it."""
+        engine.add_block(self._make_block(engine.report))
 
     def on_tick(self, now: float, engine: EnginePort) -> None:
         """Nothing to scale: this host is one fixed block."""
