@@ -75,6 +75,7 @@ def node_failed_result(
             TaskState.LOST,
             "NodeFailed",
             message,
+            error_fields={"node": node},
             nodes=placement.nodes,
             block_id=placement.block_id,
             job_id=job_id,
@@ -87,6 +88,7 @@ def node_failed_result(
         value=b"",
         error_type="NodeFailed",
         error_message=message,
+        error_fields={"node": node},
         error_traceback="",
         error_payload=b"",
     )

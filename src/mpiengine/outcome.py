@@ -1,5 +1,7 @@
 """Turn what the runner saw (a Completion) into the task's ResultMessage.
 
+The Completion's run record goes on as it is, with where it ran (nodes, ranks, block) added.
+
 The endpoint never unpickles user data: a Python task's value and exception travel as the bytes
 the task's own process wrote.
 """
@@ -7,6 +9,7 @@ the task's own process wrote.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mpiengine.placement import Placement
 from mpiengine.runner.process import Completion
@@ -40,7 +43,7 @@ def result_from_completion(
 ) -> ResultMessage:
     """The result of a task that was started (it may have failed, timed out or been killed)."""
     state = _state(done)
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     if done.error:
         fields.update(error_type="LaunchError", error_message=done.error)
     elif task.kind in (TaskKind.PYTHON, TaskKind.MPI_PYTHON) and state is TaskState.COMPLETED:
@@ -84,25 +87,14 @@ def result_from_completion(
             if report.get("error") and state is TaskState.COMPLETED:
                 state = TaskState.FAILED
                 fields.update(error_type="StagingError", error_message=str(report["error"]))
-    return ResultMessage(
-        task_id=task.task_id,
-        state=state,
-        returncode=done.returncode,
-        stdout=done.stdout,
-        stderr=done.stderr,
-        stdout_path=done.stdout_path,
-        stderr_path=done.stderr_path,
-        sandbox=done.sandbox,
-        argv=done.argv,
+    run = done.run_fields()
+    run.update(
         nodes=placement.nodes,
-        num_ranks=(placement.num_ranks if task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON) else 1),
-        started=done.started,
-        ended=done.ended,
+        num_ranks=placement.num_ranks if task.kind in (TaskKind.MPI, TaskKind.MPI_PYTHON) else 1,
         block_id=placement.block_id,
         job_id=job_id,
-        attempts=attempts,
-        **fields,  # type: ignore[arg-type]
     )
+    return ResultMessage(task.task_id, state, **run, attempts=attempts, **fields)
 
 
 def result_without_run(

@@ -136,7 +136,7 @@ class TestShellFunctionOptions:
         spec = ResourceSpec(num_nodes=2, ranks_per_node=4, retries=2, launcher_options=["-v"])
         task = ShellFunction("hostname").to_task("t", (), {}, spec)
         assert task.spec == spec.to_dict()
-        assert task.retries == 2
+        assert task.spec["retries"] == 2
 
     def test_multi_node_spec_is_fine_for_a_shell_function(self):
         spec = ResourceSpec(num_nodes=3, ranks_per_node=2)
@@ -258,7 +258,7 @@ class TestPythonTask:
         assert task.kind is TaskKind.PYTHON
         assert task.name == "add"
         assert task.spec["walltime"] == 7.0
-        assert task.retries == 1
+        assert task.spec["retries"] == 1
         fn, args, kwargs = dill.loads(task.payload)
         assert fn(*args, **kwargs) == 3
 

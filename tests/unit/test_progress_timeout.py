@@ -201,7 +201,19 @@ def test_the_protocol_carries_progress_timeout_and_hung() -> None:
     plain = LaunchSpec("t", ("a",), {}, Path("/s"), None)
     assert launch_from_dict(launch_to_dict(plain)).progress_timeout is None
     done = Completion(
-        "t", 125, "o", "e", "/o", "/e", "/s", ("a",), 1.0, 4.0, False, False, hung=True
+        task_id="t",
+        returncode=125,
+        stdout="o",
+        stderr="e",
+        stdout_path="/o",
+        stderr_path="/e",
+        sandbox="/s",
+        argv=("a",),
+        started=1.0,
+        ended=4.0,
+        timed_out=False,
+        cancelled=False,
+        hung=True,
     )
     back = completion_from_dict(completion_to_dict(done))
     assert back == done and back.hung

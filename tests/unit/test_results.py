@@ -24,10 +24,17 @@ from mpiengine_sdk.errors import (
     TaskFailed,
     TaskTimeout,
     TaskTooLarge,
+    error_record,
 )
 from mpiengine_sdk.results import MPIResult, ShellResult, unpack_result
 from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage, TaskKind, decode_result, encode_result
+from mpiengine_sdk.wire import (
+    ResultMessage,
+    TaskKind,
+    decode_result,
+    encode_result,
+    error_result,
+)
 
 SHELL_KINDS = [TaskKind.SHELL, TaskKind.MPI]
 PYTHON_KINDS = [TaskKind.PYTHON, TaskKind.MPI_PYTHON]
@@ -309,38 +316,35 @@ SAMPLES: dict[str, MPIEngineError] = {
 
 
 def test_samples_cover_every_error_class():
-    assert set(SAMPLES) == set(errors.__all__)
+    assert set(SAMPLES) == set(errors.ERROR_TYPES)
+    assert set(errors.ERROR_TYPES) == {n for n in errors.__all__ if n[0].isupper()} - {
+        "ERROR_TYPES"
+    }
+
+
+def failed(sample: MPIEngineError, **extra: object) -> ResultMessage:
+    """A FAILED result standing for ``sample``, as the endpoint and the relay build it."""
+    return error_result("e1", error_record(sample), **extra)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_failed_with_an_mpiengine_error_type_rebuilds_that_class(kind, name):
     sample = SAMPLES[name]
-    msg = ResultMessage(
-        task_id="e1",
-        state=TaskState.FAILED,
-        error_type=name,
-        # TaskError.__str__ appends the stderr tail; the wire carries the message itself.
-        error_message=sample.args[0],
-        nodes=("n1",),
-        block_id="b1",
-    )
+    msg = failed(sample, nodes=("n1",), block_id="b1")
     with pytest.raises(MPIEngineError) as info:
         unpack(kind, msg).result()
     err = info.value
     assert type(err) is type(sample)
-    assert str(err).startswith(str(sample).split("\n")[0])
+    assert str(err) == str(sample)
 
 
 def test_rebuilt_errors_keep_their_data():
     def rebuilt(sample: MPIEngineError, type_name: str | None = None) -> BaseException:
-        msg = ResultMessage(
-            task_id="e",
-            state=TaskState.FAILED,
-            error_type=type_name or type(sample).__name__,
-            error_message=str(sample),
-        )
-        future = unpack(TaskKind.SHELL, msg)
+        record = error_record(sample)
+        if type_name:
+            record = dataclasses.replace(record, type=type_name)
+        future = unpack(TaskKind.SHELL, error_result("e", record))
         exc = future.exception()
         assert exc is not None
         return exc
@@ -364,6 +368,26 @@ def test_rebuilt_errors_keep_their_data():
         "Traceback (most recent...)\n",
     )
     assert str(remote) == "ValueError: bad\nTraceback (most recent...)\n"
+
+
+def test_node_failed_names_its_node_from_the_fields_not_the_message():
+    msg = ResultMessage(
+        task_id="n",
+        state=TaskState.LOST,
+        error_type="NodeFailed",
+        error_message="it failed",
+        error_fields={"node": "n2"},
+        block_id="b1",
+        job_id="7",
+        nodes=("n1", "n2"),
+        returncode=-15,
+        stderr="killed",
+    )
+    with pytest.raises(errors.NodeFailed) as info:
+        unpack(TaskKind.SHELL, msg).result()
+    err = info.value
+    assert (err.node, err.block_id, err.job_id, err.nodes) == ("n2", "b1", "7", ("n1", "n2"))
+    assert (err.task_id, err.returncode, err.stderr) == ("n", -15, "killed")
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,25 @@ MPIEngineError                      base of everything below
 
 Errors carry data as attributes, chain their causes with ``raise ... from``, and their messages
 say what to do next.
+
+On the wire an error is an ``ErrorRecord`` (``mpiengine_sdk.wire``): ``error_record(exc)`` builds
+it from what the error recorded at construction (its class name, its message, and its
+constructor's arguments as ``fields``, see ``MPIEngineError.wire_fields``), and
+``error_from_record(record)`` rebuilds the same class with the same attributes and the same
+``str()``, looking the name up in ``ERROR_TYPES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from mpiengine_sdk.wire import ErrorRecord
 
 __all__ = [
+    "ERROR_TYPES",
     "ArgumentError",
     "AuthenticationError",
     "AuthorizationError",
@@ -64,6 +76,8 @@ __all__ = [
     "TaskTimeout",
     "TaskTooLarge",
     "TemplateError",
+    "error_from_record",
+    "error_record",
 ]
 
 
@@ -85,6 +99,28 @@ class MPIEngineError(Exception):
         # The most derived constructor calls this first; its base classes' calls are ignored.
         if self._init is None:
             self._init = (args, kwargs)
+
+    def wire_fields(self) -> dict[str, Any]:
+        """The data this error's constructor took, by parameter name, as JSON values.
+
+        Built from what the error recorded at construction; arguments left at their default
+        are left out, and so is a ``message`` that is the error's own message. A value that
+        is not JSON (a SpecError's value may be anything) travels as its ``repr``.
+        """
+        signature = _constructor(type(self))
+        if signature is None or self._init is None:
+            return {}
+        args, kwargs = self._init
+        given = signature.bind(*args, **kwargs).arguments
+        params = signature.parameters
+        fields = {
+            k: _plain(v)
+            for k, v in given.items()
+            if params[k].default is inspect.Parameter.empty or v != params[k].default
+        }
+        if fields.get("message") == _message(self):
+            del fields["message"]
+        return fields
 
     def __reduce__(self) -> tuple[object, ...]:
         if self._init is None:
@@ -404,3 +440,88 @@ class RemoteExecutionError(TaskError):
         self.type_name = type_name
         self.remote_traceback = remote_traceback
         super().__init__(f"{type_name}: {message}\n{remote_traceback}", task_id=task_id)
+
+
+#: Every mpiengine error class by name: the types a structured error is rebuilt into.
+ERROR_TYPES: Mapping[str, type[MPIEngineError]] = MappingProxyType(
+    {
+        cls.__name__: cls
+        for cls in list(globals().values())
+        if isinstance(cls, type) and issubclass(cls, MPIEngineError)
+    }
+)
+
+
+def error_record(exc: BaseException) -> ErrorRecord:
+    """``exc`` as it crosses the wire: its class name, its message and, for an mpiengine
+    error, its constructor's data (``exc.wire_fields()``)."""
+    if isinstance(exc, MPIEngineError):
+        return ErrorRecord(type(exc).__name__, _message(exc), exc.wire_fields())
+    return ErrorRecord(type(exc).__name__, str(exc))
+
+
+def error_from_record(
+    record: ErrorRecord, context: Mapping[str, Any] | None = None
+) -> MPIEngineError | None:
+    """The mpiengine error ``record`` stands for: same class, attributes and ``str()``.
+
+    Args:
+        record: the structured error; its type is a name in ``ERROR_TYPES``, bare or as
+            ``mpiengine_sdk.errors.Name``.
+        context: constructor arguments the record's fields do not carry, taken where the
+            constructor has such a parameter: a result passes its task id, returncode, tails,
+            block and nodes, which a TaskError takes.
+
+    Returns:
+        The rebuilt error; None when the type is not an mpiengine error, or its fields do not
+        fit its constructor (the caller falls back: TaskFailed for a result, RelayError for a
+        relay reply).
+    """
+    module, _, name = record.type.rpartition(".")
+    cls = ERROR_TYPES.get(name) if module in ("", __name__) else None
+    if cls is None:
+        return None
+    signature = _constructor(cls)
+    try:
+        if signature is None:
+            exc = cls(record.message)
+        else:
+            params = signature.parameters
+            kwargs = {k: v for k, v in (context or {}).items() if k in params}
+            kwargs.update((k, v) for k, v in record.fields.items() if k in params)
+            if "message" in params:
+                kwargs.setdefault("message", record.message)
+            exc = cls(**kwargs)
+    except (TypeError, ValueError):
+        return None
+    if _message(exc) != record.message:
+        exc.args = (record.message,)  # the sender's exact text (a value that travelled as repr)
+    return exc
+
+
+_CONSTRUCTORS: dict[type[MPIEngineError], inspect.Signature | None] = {}
+
+
+def _constructor(cls: type[MPIEngineError]) -> inspect.Signature | None:
+    """The signature of ``cls``'s own constructor; None when it takes the message alone."""
+    if cls not in _CONSTRUCTORS:
+        own = next((k for k in cls.__mro__ if "__init__" in vars(k)), MPIEngineError)
+        mine = issubclass(own, MPIEngineError) and own is not MPIEngineError
+        _CONSTRUCTORS[cls] = inspect.signature(own) if mine else None
+    return _CONSTRUCTORS[cls]
+
+
+def _message(exc: MPIEngineError) -> str:
+    """An error's own message: its ``str()`` without what ``__str__`` adds (a stderr tail)."""
+    return Exception.__str__(exc)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON: plain values and lists of them as they are, anything else as repr."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, list | tuple) and all(
+        v is None or isinstance(v, str | int | float) for v in value
+    ):
+        return list(value)
+    return repr(value)

@@ -151,7 +151,6 @@ class ShellFunction:
             script=script,
             name=self.name,
             snippet_lines=self.snippet_lines,
-            retries=spec.retries,
             staging=self._staging(),
         )
 
@@ -247,7 +246,6 @@ class MPIPythonFunction:
             payload=_dump(self.fn, args, kwargs, self.name),
             name=self.name,
             return_all=self.return_all,
-            retries=spec.retries,
         )
 
     def __repr__(self) -> str:
@@ -282,7 +280,6 @@ def python_task(
         spec=_spec_dict(spec, None),
         payload=_dump(fn, args, kwargs, name),
         name=name,
-        retries=spec.retries,
     )
 
 

@@ -8,77 +8,52 @@ resolve to their return value, or raise what the remote function raised.
 
 from __future__ import annotations
 
-import ast
-import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import dill
 
-from mpiengine_sdk import errors
 from mpiengine_sdk.errors import (
-    BlockLost,
-    ConfigError,
-    MPIEngineError,
-    NodeFailed,
-    PayloadTooLarge,
-    RateLimited,
     RemoteExecutionError,
     SerializationError,
-    SpecError,
     TaskCancelled,
     TaskError,
     TaskFailed,
     TaskHung,
     TaskTimeout,
-    TaskTooLarge,
+    error_from_record,
 )
 from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage, TaskKind
+from mpiengine_sdk.wire import TIMEOUT_RETURNCODE, ErrorRecord, ResultMessage, RunRecord, TaskKind
 
 __all__ = ["MPIResult", "ShellResult", "unpack_result"]
 
-#: The returncode of a task killed at its walltime, as GNU timeout reports it.
-TIMEOUT_RETURNCODE = 124
-
 
 @dataclass(frozen=True, kw_only=True)
-class ShellResult:
-    """The outcome of a shell command.
+class ShellResult(RunRecord):
+    """The outcome of a shell command: its run (a RunRecord) and how it ended.
 
     Attributes:
-        argv: the exact argv that was launched (launcher included, for MPI tasks).
         returncode: the exit code; 124 when the walltime expired and the task was killed, 125
             when it was killed as hung (no output for its ``progress_timeout``).
-        stdout: the last ``snippet_lines`` lines of stdout.
-        stderr: the same for stderr.
-        stdout_path: the full stdout file, in the sandbox on the endpoint's filesystem.
-        stderr_path: the full stderr file.
-        sandbox: the task's working directory on the endpoint's filesystem.
-        nodes: the nodes it ran on.
         num_ranks: the ranks launched (1 for a plain shell command).
-        started: wall-clock start, epoch seconds (None if unknown).
-        ended: wall-clock end, epoch seconds (None if unknown).
         task_id: the task's id.
         state: COMPLETED, TIMEOUT when the walltime expired, or HUNG when the task wrote
             nothing for its ``progress_timeout`` and was killed.
         staging: the files staged in and out, each with its path, URL, bytes and seconds
             (``{"in": [...], "out": [...], "error": ""}``); empty when none were asked for.
+
+    The run's other fields are :class:`~mpiengine_sdk.wire.RunRecord`'s: ``argv`` (the exact
+    argv launched, launcher included for MPI tasks), ``stdout`` / ``stderr`` (the last
+    ``snippet_lines`` lines), ``stdout_path`` / ``stderr_path`` / ``sandbox`` (on the
+    endpoint's filesystem), ``nodes``, ``started`` / ``ended`` (epoch seconds, None if
+    unknown), ``block_id`` and ``job_id``.
     """
 
-    argv: tuple[str, ...] = ()
     returncode: int
-    stdout: str = ""
-    stderr: str = ""
-    stdout_path: str = ""
-    stderr_path: str = ""
-    sandbox: str = ""
-    nodes: tuple[str, ...] = ()
     num_ranks: int = 1
-    started: float | None = None
-    ended: float | None = None
     task_id: str = ""
     state: TaskState = TaskState.COMPLETED
     staging: Mapping[str, Any] = field(default_factory=dict)
@@ -180,8 +155,8 @@ def unpack_result(kind: TaskKind, msg: ResultMessage) -> object:
         TaskHung: a Python task wrote nothing for its ``progress_timeout`` and was killed.
         BaseException: the exception a Python task raised, with the remote traceback as a note
             (RemoteExecutionError when it cannot be rebuilt here).
-        MPIEngineError: FAILED with ``error_type`` naming an mpiengine error (TaskTooLarge,
-            InvalidTaskId, ...), rebuilt; TaskFailed for any other failure.
+        MPIEngineError: FAILED with an error naming an mpiengine error (TaskTooLarge,
+            InvalidTaskId, ...), rebuilt from its fields; TaskFailed for any other failure.
         SerializationError: a Python return value cannot be deserialised here.
         ValueError: ``msg.state`` is not terminal.
     """
@@ -193,59 +168,37 @@ def unpack_result(kind: TaskKind, msg: ResultMessage) -> object:
             msg.error_message or f"task {msg.task_id} was cancelled", task_id=msg.task_id
         )
     if state is TaskState.LOST:
-        if msg.error_type == "NodeFailed":
-            raise _node_failed(msg.error_message or _lost_message(msg), msg)
-        raise BlockLost(
-            msg.error_message or _lost_message(msg),
-            task_id=msg.task_id,
-            block_id=msg.block_id,
-            job_id=msg.job_id,
-            nodes=msg.nodes,
+        name = "NodeFailed" if msg.error_type == "NodeFailed" else "BlockLost"
+        raise _error(
+            ErrorRecord(name, msg.error_message or _lost_message(msg), msg.error_fields), msg
         )
     if state is TaskState.FAILED:
         raise _failure(kind, msg)
     if kind in (TaskKind.SHELL, TaskKind.MPI):
         return _shell_result(kind, msg)
     if state is TaskState.TIMEOUT:
-        raise TaskTimeout(
+        text = (
             msg.error_message
             or f"task {msg.task_id} reached its walltime and was killed; resubmit with a "
-            "longer walltime",
-            task_id=msg.task_id,
-            returncode=msg.returncode,
-            stdout=msg.stdout,
-            stderr=msg.stderr,
+            "longer walltime"
         )
+        raise _error(ErrorRecord(TaskTimeout.__name__, text), msg)
     if state is TaskState.HUNG:
-        raise TaskHung(
+        text = (
             msg.error_message
-            or f"task {msg.task_id} wrote nothing for its progress_timeout and was killed",
-            task_id=msg.task_id,
-            returncode=msg.returncode,
-            stdout=msg.stdout,
-            stderr=msg.stderr,
+            or f"task {msg.task_id} wrote nothing for its progress_timeout and was killed"
         )
+        raise _error(ErrorRecord(TaskHung.__name__, text), msg)
     return _load_value(msg)
 
 
 def _shell_result(kind: TaskKind, msg: ResultMessage) -> ShellResult:
-    returncode = msg.returncode
-    if returncode is None and msg.state is TaskState.TIMEOUT:
-        returncode = TIMEOUT_RETURNCODE
-    if returncode is None:
+    run = msg.run_fields()
+    if run["returncode"] is None and msg.state is TaskState.TIMEOUT:
+        run["returncode"] = TIMEOUT_RETURNCODE
+    if run["returncode"] is None:
         raise TaskFailed(f"task {msg.task_id} finished without a returncode", task_id=msg.task_id)
-    fields: dict[str, Any] = {
-        "argv": msg.argv,
-        "returncode": returncode,
-        "stdout": msg.stdout,
-        "stderr": msg.stderr,
-        "stdout_path": msg.stdout_path,
-        "stderr_path": msg.stderr_path,
-        "sandbox": msg.sandbox,
-        "nodes": msg.nodes,
-        "num_ranks": msg.num_ranks,
-        "started": msg.started,
-        "ended": msg.ended,
+    outcome: dict[str, Any] = {
         "task_id": msg.task_id,
         "state": msg.state,
         "staging": dict(msg.staging),
@@ -253,8 +206,8 @@ def _shell_result(kind: TaskKind, msg: ResultMessage) -> ShellResult:
     if kind is TaskKind.MPI:
         nodes = len(msg.nodes)
         even = nodes and msg.num_ranks % nodes == 0
-        return MPIResult(**fields, ranks_per_node=msg.num_ranks // nodes if even else 0)
-    return ShellResult(**fields)
+        return MPIResult(**run, **outcome, ranks_per_node=msg.num_ranks // nodes if even else 0)
+    return ShellResult(**run, **outcome)
 
 
 def _load_value(msg: ResultMessage) -> object:
@@ -271,17 +224,23 @@ def _load_value(msg: ResultMessage) -> object:
 def _failure(kind: TaskKind, msg: ResultMessage) -> BaseException:
     """The exception a FAILED result stands for.
 
-    In order: the Python exception itself (unpickled); an mpiengine error rebuilt from its name
-    (also the fallback for mpiengine errors raised inside a Python task, which do not all
-    survive pickling); RemoteExecutionError for any other Python error; TaskFailed.
+    In order: the Python exception itself (unpickled); the mpiengine error its structured error
+    names, rebuilt (also the fallback for mpiengine errors raised inside a Python task);
+    RemoteExecutionError for any other Python error; TaskFailed.
     """
     python = kind in (TaskKind.PYTHON, TaskKind.MPI_PYTHON)
     if python and msg.error_payload:
         remote = _load_exception(msg.error_payload)
         if remote is not None:
             return _with_remote_traceback(remote, msg)
-    rebuilt = _rebuild_error(msg)
+    error = msg.error
+    rebuilt = None
+    if error is not None:
+        text = error.message or error.type.rpartition(".")[2]
+        rebuilt = error_from_record(ErrorRecord(error.type, text, error.fields), _context(msg))
     if rebuilt is not None:
+        if not isinstance(rebuilt, TaskError) and msg.task_id:
+            rebuilt.add_note(f"task {msg.task_id}")
         return _with_remote_traceback(rebuilt, msg)
     if python and (msg.error_payload or msg.error_traceback):
         return RemoteExecutionError(
@@ -290,13 +249,28 @@ def _failure(kind: TaskKind, msg: ResultMessage) -> BaseException:
             msg.error_traceback,
             task_id=msg.task_id,
         )
-    return TaskFailed(
-        msg.error_message or f"task {msg.task_id} failed without a message",
-        task_id=msg.task_id,
-        returncode=msg.returncode,
-        stdout=msg.stdout,
-        stderr=msg.stderr,
-    )
+    text = msg.error_message or f"task {msg.task_id} failed without a message"
+    return _error(ErrorRecord(TaskFailed.__name__, text), msg)
+
+
+def _error(record: ErrorRecord, msg: ResultMessage) -> BaseException:
+    """The TaskError ``record`` names, with the task id, returncode, tails, block and nodes of
+    ``msg`` where its constructor takes them."""
+    rebuilt = error_from_record(record, _context(msg))
+    return rebuilt if rebuilt is not None else TaskFailed(record.message, task_id=msg.task_id)
+
+
+def _context(msg: ResultMessage) -> dict[str, Any]:
+    """What a result tells an error's constructor beyond the error's own fields."""
+    return {
+        "task_id": msg.task_id,
+        "returncode": msg.returncode,
+        "stdout": msg.stdout,
+        "stderr": msg.stderr,
+        "block_id": msg.block_id,
+        "job_id": msg.job_id,
+        "nodes": msg.nodes,
+    }
 
 
 def _load_exception(payload: bytes) -> BaseException | None:
@@ -315,122 +289,9 @@ def _with_remote_traceback(exc: BaseException, msg: ResultMessage) -> BaseExcept
     return exc
 
 
-def _engine_error_class(type_name: str) -> type[MPIEngineError] | None:
-    """The class of ``mpiengine_sdk.errors`` that ``type_name`` names (bare or qualified)."""
-    module, _, name = type_name.rpartition(".")
-    if module not in ("", "mpiengine_sdk.errors") or name not in errors.__all__:
-        return None
-    cls = getattr(errors, name)
-    return cls if isinstance(cls, type) and issubclass(cls, MPIEngineError) else None
-
-
 def _lost_message(msg: ResultMessage) -> str:
     job = f" (batch job {msg.job_id})" if msg.job_id else ""
     return (
         f"task {msg.task_id}: block {msg.block_id or '?'}{job} was lost and its retries are "
         "spent; resubmit, or raise the spec's retries"
     )
-
-
-def _node_failed(text: str, msg: ResultMessage) -> NodeFailed:
-    """NodeFailed from a result: the block, job and tails from its fields; the failed node
-    from the endpoint's message (``... node NAME of block ...``), which is the only place the
-    wire carries it."""
-    found = re.search(r"\bnode (\S+) of block ", text)
-    return NodeFailed(
-        text,
-        task_id=msg.task_id,
-        node=found[1] if found else "",
-        block_id=msg.block_id,
-        job_id=msg.job_id,
-        nodes=msg.nodes,
-        returncode=msg.returncode,
-        stdout=msg.stdout,
-        stderr=msg.stderr,
-    )
-
-
-def _rebuild_error(msg: ResultMessage) -> MPIEngineError | None:
-    """An instance of the mpiengine error class ``msg.error_type`` names, or None.
-
-    The endpoint sends only the class name and the message, so classes whose constructor takes
-    data (TaskTooLarge, SpecError, ...) get it back by parsing the message their constructor
-    wrote; when that fails the caller falls back to TaskFailed.
-    """
-    cls = _engine_error_class(msg.error_type)
-    if cls is None:
-        return None
-    text = msg.error_message or cls.__name__
-    try:
-        exc = _construct(cls, text, msg)
-    except (TypeError, ValueError):
-        return None
-    if exc is None:
-        return None
-    if not isinstance(exc, TaskError) and msg.task_id:
-        exc.add_note(f"task {msg.task_id}")
-    return exc
-
-
-def _construct(cls: type[MPIEngineError], text: str, msg: ResultMessage) -> MPIEngineError | None:
-    for base, pattern, build in _PARSED:
-        if issubclass(cls, base):
-            match = re.fullmatch(pattern, text, flags=re.DOTALL)
-            return build(match) if match else None
-    if cls is RemoteExecutionError:
-        # Its constructor wrote "type: message\ntraceback"; split it back.
-        match = re.fullmatch(r"(?P<type>[\w.]+): (?P<message>[^\n]*)\n(?P<tb>.*)", text, re.DOTALL)
-        if match is None:
-            return RemoteExecutionError("Exception", text, msg.error_traceback, msg.task_id)
-        tb = match["tb"] or msg.error_traceback
-        return RemoteExecutionError(match["type"], match["message"], tb, msg.task_id)
-    if cls is NodeFailed:
-        return _node_failed(text, msg)
-    if cls is BlockLost:
-        return BlockLost(
-            text, task_id=msg.task_id, block_id=msg.block_id, job_id=msg.job_id, nodes=msg.nodes
-        )
-    if issubclass(cls, TaskError):
-        return cls(
-            text,
-            task_id=msg.task_id,
-            returncode=msg.returncode,
-            stdout=msg.stdout,
-            stderr=msg.stderr,
-        )
-    if issubclass(cls, ConfigError):
-        return cls("", text)
-    return cls(text)
-
-
-def _spec_error(match: re.Match[str]) -> MPIEngineError:
-    try:
-        value: object = ast.literal_eval(match["value"])
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        value = match["value"]
-    exc = SpecError(match["field"], value, match["allowed"])
-    exc.args = (match.string,)  # the endpoint's exact text, not a re-rendered repr
-    return exc
-
-
-#: Classes whose constructor takes data: the message pattern their constructor writes, and how
-#: to rebuild them from it. Checked in order, so subclasses before their bases.
-_PARSED: tuple[tuple[type[MPIEngineError], str, Callable[[re.Match[str]], MPIEngineError]], ...] = (
-    (
-        TaskTooLarge,
-        r"task needs (?P<req>.*), but the largest block is (?P<big>.*?); ask for .*?"
-        r"(?:larger blocks \((?P<knob>.*)\))?",
-        lambda m: TaskTooLarge(m["req"], m["big"], m["knob"] or "nodes_per_block"),
-    ),
-    (
-        PayloadTooLarge,
-        r"submission is (?P<size>\d+) bytes, the limit is (?P<limit>\d+) bytes; .*",
-        lambda m: PayloadTooLarge(int(m["size"]), int(m["limit"])),
-    ),
-    (
-        RateLimited,
-        r"rate limit reached; retry in (?P<after>[0-9.]+) s",
-        lambda m: RateLimited(float(m["after"])),
-    ),
-    (SpecError, r"(?P<field>.*?)=(?P<value>.*) is invalid: (?P<allowed>.*)", _spec_error),
-)

@@ -7,7 +7,8 @@ carries the block's secret token, which the endpoint checks before acting on it.
 Agent to endpoint:
     ``hello``  nodes, cpus, host, pid, started (epoch): sent on connect (and again until welcomed)
     ``hb``     running, queued: the heartbeat, every ``heartbeat_period`` seconds
-    ``done``   c: one task's Completion
+    ``done``   c: one task's Completion (its run record's fields, task_id, timed_out,
+               cancelled, error, hung)
     ``nodes``  failed: [{node, state, reason}]: nodes the batch system failed (see ``health``)
     ``bye``    reason: the agent is exiting (job cancelled, walltime, endpoint gone)
 Endpoint to agent:
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mpiengine.runner.launch import Completion, LaunchSpec
+from mpiengine_sdk.wire import run_fields_from
 
 __all__ = [
     "ProtocolError",
@@ -100,18 +102,10 @@ def launch_from_dict(data: Mapping[str, Any]) -> LaunchSpec:
 
 
 def completion_to_dict(done: Completion) -> dict[str, Any]:
-    """A Completion as JSON types."""
+    """A Completion as JSON types: its run record's fields, then how it ended."""
     return {
+        **done.run_fields(),
         "task_id": done.task_id,
-        "returncode": done.returncode,
-        "stdout": done.stdout,
-        "stderr": done.stderr,
-        "stdout_path": done.stdout_path,
-        "stderr_path": done.stderr_path,
-        "sandbox": done.sandbox,
-        "argv": list(done.argv),
-        "started": done.started,
-        "ended": done.ended,
         "timed_out": done.timed_out,
         "cancelled": done.cancelled,
         "error": done.error,
@@ -126,19 +120,9 @@ def completion_from_dict(data: Mapping[str, Any]) -> Completion:
         ProtocolError: a field is missing or mistyped.
     """
     try:
-        rc = data["returncode"]
-        started = data["started"]
         return Completion(
+            **run_fields_from(data),
             task_id=str(data["task_id"]),
-            returncode=None if rc is None else int(rc),
-            stdout=str(data["stdout"]),
-            stderr=str(data["stderr"]),
-            stdout_path=str(data["stdout_path"]),
-            stderr_path=str(data["stderr_path"]),
-            sandbox=str(data["sandbox"]),
-            argv=tuple(str(a) for a in data["argv"]),
-            started=None if started is None else float(started),
-            ended=float(data["ended"]),
             timed_out=bool(data["timed_out"]),
             cancelled=bool(data["cancelled"]),
             error=str(data["error"]),

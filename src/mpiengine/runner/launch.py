@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from mpiengine_sdk.wire import HUNG_RETURNCODE, TIMEOUT_RETURNCODE, RunRecord
+
 __all__ = [
     "Completion",
     "HUNG_RETURNCODE",
@@ -15,12 +17,6 @@ __all__ = [
     "TIMEOUT_RETURNCODE",
 ]
 
-#: Returncode reported for a task killed at its walltime (as coreutils ``timeout`` does).
-TIMEOUT_RETURNCODE = 124
-#: Returncode reported for a task killed as hung: its stdout and stderr did not grow for its
-#: ``progress_timeout``. Next to 124, and not a code a shell gives itself (126: not executable,
-#: 127: not found, 128+N: killed by signal N).
-HUNG_RETURNCODE = 125
 #: When ``LaunchSpec.env`` sets this variable, processes carrying it are part of the task's tree
 #: even after they left its session (a double-forked daemon), and are killed with it.
 TASK_MARKER_ENV = "MPIENGINE_TASK_ID"
@@ -54,21 +50,17 @@ class LaunchSpec:
     progress_timeout: float | None = None
 
 
-@dataclass(frozen=True)
-class Completion:
-    """How one started task ended.
+@dataclass(frozen=True, kw_only=True)
+class Completion(RunRecord):
+    """How one started task ended: its run (a RunRecord) and why it ended.
+
+    The runner fills the run's argv, returncode, tails, paths and times; nodes, ranks and block
+    are the endpoint's to add (``mpiengine.outcome``). The returncode is 124
+    (``TIMEOUT_RETURNCODE``) after a walltime kill, 125 (``HUNG_RETURNCODE``) after a kill as
+    hung, and None when the process could not be started.
 
     Attributes:
         task_id: the task's id.
-        returncode: the exit status (negative: killed by that signal); 124 after a walltime
-            kill; 125 after a kill as hung; None when the process could not be started.
-        stdout: the last ``snippet_lines`` lines of stdout, bounded in bytes.
-        stderr: the same for stderr.
-        stdout_path: the full stdout file.
-        stderr_path: the full stderr file.
-        sandbox: the sandbox directory.
-        argv: the argv that was launched.
-        started: wall-clock start (epoch seconds); None when it never started.
         ended: wall-clock end (epoch seconds).
         timed_out: the walltime expired and the tree was killed.
         cancelled: ``kill()`` (or ``close(kill=True)``) ended it.
@@ -78,14 +70,6 @@ class Completion:
     """
 
     task_id: str
-    returncode: int | None
-    stdout: str
-    stderr: str
-    stdout_path: str
-    stderr_path: str
-    sandbox: str
-    argv: tuple[str, ...]
-    started: float | None
     ended: float
     timed_out: bool
     cancelled: bool
