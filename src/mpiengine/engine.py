@@ -33,10 +33,10 @@ from mpiengine.scheduler import BlockShape, Demand, Scheduler, TaskRequest
 from mpiengine.taskid import validate_task_id
 from mpiengine.taskprep import build_launch, task_request
 from mpiengine_sdk.backend import ResultSink
-from mpiengine_sdk.errors import MPIEngineError, SubmitError
+from mpiengine_sdk.errors import MPIEngineError, SubmitError, error_record
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage, TaskMessage
+from mpiengine_sdk.wire import ResultMessage, TaskMessage, error_result
 
 __all__ = ["Engine", "EngineStatus"]
 
@@ -160,9 +160,7 @@ class Engine:
             except MPIEngineError as exc:
                 if len(tasks) == 1:
                     raise
-                self._sink(
-                    result_without_run(task.task_id, TaskState.FAILED, type(exc).__name__, str(exc))
-                )
+                self._sink(error_result(task.task_id, error_record(exc)))
                 continue
             self._events.put(("submit", item))
 

@@ -51,9 +51,9 @@ from mpiengine.multiuser.audit import AuditError, AuditLog
 from mpiengine.multiuser.mapping import IdentityMap
 from mpiengine.multiuser.template import UserConfigTemplate
 from mpiengine_sdk.backend import ResultSink
-from mpiengine_sdk.errors import AuthorizationError, ConfigError
+from mpiengine_sdk.errors import AuthorizationError, BackendError, ConfigError, error_record
 from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage, TaskMessage, decode_result, encode_task
+from mpiengine_sdk.wire import ResultMessage, TaskMessage, decode_result, encode_task, error_result
 
 __all__ = ["ManagerBackend", "UserEndpoint"]
 
@@ -312,14 +312,7 @@ class ManagerBackend:
             )
         except AuditError as err:
             self._halt(err)
-        self._emit(
-            ResultMessage(
-                task.task_id,
-                TaskState.FAILED,
-                error_type=type(exc).__name__,
-                error_message=str(exc),
-            )
-        )
+        self._emit(error_result(task.task_id, error_record(exc)))
 
     def _halt(self, exc: AuditError) -> None:
         if self._intake_error:
@@ -408,14 +401,14 @@ class ManagerBackend:
         if self._closed.is_set():
             return  # shutting down: the service gives these tasks back
         why = ep.error or f"it exited with status {code}"
-        kind = "ConfigError" if ep.error.startswith("ConfigError") else "BackendError"
         text = (
             f"the user endpoint of {ep.principal!r} as {ep.account.pw_name!r} could not run "
             f"the task: {why}"
         )
+        config = ep.error.startswith("ConfigError")
+        error = error_record(ConfigError("", text) if config else BackendError(text))
         for tid in lost:
-            failed = ResultMessage(tid, TaskState.FAILED, error_type=kind, error_message=text)
-            self._on_result(ep, failed)
+            self._on_result(ep, error_result(tid, error))
 
     def _on_result(self, ep: UserEndpoint, msg: ResultMessage) -> None:
         with self._lock:

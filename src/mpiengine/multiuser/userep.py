@@ -81,7 +81,6 @@ def _serve(
     backend: Any, allow: Any, out: IO[str], lock: threading.Lock, setup: dict[str, Any]
 ) -> int:
     from mpiengine_sdk.errors import AuthorizationError
-    from mpiengine_sdk.states import TaskState
     from mpiengine_sdk.wire import ResultMessage, TaskKind, decode_task, encode_result
 
     active: set[str] = set()
@@ -118,14 +117,7 @@ def _serve(
             backend.submit([task])
         except Exception as exc:
             active.discard(task.task_id)
-            sink(
-                ResultMessage(
-                    task.task_id,
-                    TaskState.FAILED,
-                    error_type=type(exc).__name__,
-                    error_message=str(exc),
-                )
-            )
+            sink(_refused(task.task_id, exc))
     for tid in list(active):
         backend.cancel(tid)
     backend.shutdown(wait=True)
@@ -133,12 +125,10 @@ def _serve(
 
 
 def _refused(task_id: str, exc: Exception) -> Any:
-    from mpiengine_sdk.states import TaskState
-    from mpiengine_sdk.wire import ResultMessage
+    from mpiengine_sdk.errors import error_record
+    from mpiengine_sdk.wire import error_result
 
-    return ResultMessage(
-        task_id, TaskState.FAILED, error_type=type(exc).__name__, error_message=str(exc)
-    )
+    return error_result(task_id, error_record(exc))
 
 
 if __name__ == "__main__":
