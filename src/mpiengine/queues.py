@@ -3,12 +3,12 @@
 
 Neither side owns it: the relay declares its topology and each endpoint's queues, and the
 endpoint service declares its registration queue with the same dead-letter arguments.
-The names themselves are the SDK's (``mpiengine_sdk.remote.protocol``).
+The names themselves are the SDK's (``mpiengine_sdk.relayclient.protocol``).
 """
 
 from __future__ import annotations
 
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_DEAD,
     EXCHANGE_IN,
     KEY_HEARTBEAT,
@@ -21,7 +21,7 @@ from mpiengine_sdk.remote.protocol import (
     control_queue,
     task_queue,
 )
-from mpiengine_sdk.remote.transport import Channel
+from mpiengine_sdk.relayclient.transport import Channel
 
 __all__ = ["DEAD_LETTERS", "declare_endpoint_queues", "declare_relay_topology"]
 

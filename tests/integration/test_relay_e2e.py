@@ -31,7 +31,7 @@ from mpiengine_sdk import (
     ShellResult,
     TaskState,
 )
-from mpiengine_sdk.remote import RelayBackend, attach
+from mpiengine_sdk.relayclient import RelayBackend, attach
 from tests.conftest import require
 from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mpiengine_sdk import Executor, ShellFunction, TaskFuture
-from mpiengine_sdk.remote import RelayBackend
+from mpiengine_sdk.relayclient import RelayBackend
 from mpiengine_sdk.wire import ResultMessage
 from tests.integration.test_relay_e2e import require_broker
 from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for

@@ -25,8 +25,8 @@ from mpiengine_sdk import (
     RateLimited,
     ShellFunction,
 )
-from mpiengine_sdk.remote import RelayBackend, attach
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient import RelayBackend, attach
+from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_DEAD,
     EXCHANGE_IN,
     decode_frame,

@@ -31,7 +31,7 @@ from mpiengine_sdk import (
     ShellFunction,
 )
 from mpiengine_sdk.client_config import load_client_config, write_client_config
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     ProtocolError,
     check_principal,
     control_queue,
@@ -42,7 +42,7 @@ from mpiengine_sdk.remote.protocol import (
     session_queue,
     task_queue,
 )
-from mpiengine_sdk.remote.transport import PikaTransport
+from mpiengine_sdk.relayclient.transport import PikaTransport
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.wire import decode_task, encode_task, replace
 

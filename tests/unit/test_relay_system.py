@@ -33,9 +33,9 @@ from mpiengine_sdk import (
     TaskState,
 )
 from mpiengine_sdk.backend import ResultSink
-from mpiengine_sdk.remote import RelayBackend, attach
-from mpiengine_sdk.remote.fake import FakeBroker
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient import RelayBackend, attach
+from mpiengine_sdk.relayclient.fake import FakeBroker
+from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_IN,
     QUEUE_DEAD,
     QUEUE_REQUESTS,

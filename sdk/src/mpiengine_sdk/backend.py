@@ -1,6 +1,6 @@
 """The one seam between the Executor and whatever runs its tasks.
 
-The embedded endpoint (``mpiengine.embedded``) and the relay client (``mpiengine_sdk.remote``)
+The embedded endpoint (``mpiengine.embedded``) and the relay client (``mpiengine_sdk.relayclient``)
 both implement it; tests swap in a fake with the same methods.
 """
 

@@ -76,7 +76,7 @@ def _user_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _remote_backend(endpoint_id: str, relay: str | None, options: Mapping[str, Any]) -> Backend:
-    module = importlib.import_module("mpiengine_sdk.remote")
+    module = importlib.import_module("mpiengine_sdk.relayclient")
     backend: Backend = module.RelayBackend(endpoint_id=endpoint_id, relay=relay, **options)
     return backend
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from mpiengine.relay.store import EndpointRecord, RelayStore
 from mpiengine_sdk.errors import BackendError, ConfigError
-from mpiengine_sdk.remote.protocol import EXCHANGE_DEAD, EXCHANGE_IN, check_principal
+from mpiengine_sdk.relayclient.protocol import EXCHANGE_DEAD, EXCHANGE_IN, check_principal
 
 __all__ = ["BrokerAdmin", "Rabbitmqctl", "RelayAdmin", "permissions"]
 

@@ -29,7 +29,7 @@ from mpiengine_sdk.errors import (
     AuthenticationError,
     RelayError,
 )
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     Frame,
     ProtocolError,
     control_queue,
@@ -39,7 +39,7 @@ from mpiengine_sdk.remote.protocol import (
     task_queue,
     user_prefix,
 )
-from mpiengine_sdk.remote.transport import Channel, Delivery
+from mpiengine_sdk.relayclient.transport import Channel, Delivery
 
 __all__ = ["RequestHandler", "dead_letter"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from mpiengine.relay.requests import dead_letter
 from mpiengine.relay.store import RelayStore
-from mpiengine_sdk.remote.protocol import ProtocolError, decode_frame, encode_frame
-from mpiengine_sdk.remote.transport import Channel, Delivery
+from mpiengine_sdk.relayclient.protocol import ProtocolError, decode_frame, encode_frame
+from mpiengine_sdk.relayclient.transport import Channel, Delivery
 from mpiengine_sdk.wire import WireError, decode_result
 
 __all__ = ["ResultHandler"]

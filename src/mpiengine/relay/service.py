@@ -19,8 +19,14 @@ from mpiengine.relay.requests import RequestHandler
 from mpiengine.relay.results import ResultHandler
 from mpiengine.relay.store import RelayStore
 from mpiengine_sdk.errors import AuthenticationError, BackendError, RelayError
-from mpiengine_sdk.remote.protocol import QUEUE_HEARTBEATS, QUEUE_REQUESTS, QUEUE_RESULTS
-from mpiengine_sdk.remote.transport import Channel, Delivery, PikaTransport, Transport, Unroutable
+from mpiengine_sdk.relayclient.protocol import QUEUE_HEARTBEATS, QUEUE_REQUESTS, QUEUE_RESULTS
+from mpiengine_sdk.relayclient.transport import (
+    Channel,
+    Delivery,
+    PikaTransport,
+    Transport,
+    Unroutable,
+)
 
 __all__ = ["RelayService"]
 

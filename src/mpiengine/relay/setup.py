@@ -17,8 +17,8 @@ from mpiengine.relay.admin import BrokerAdmin, Rabbitmqctl, RelayAdmin
 from mpiengine.relay.config import RelayConfig, merged_relay_config, write_relay_config
 from mpiengine.relay.store import RelayStore
 from mpiengine_sdk.errors import AuthenticationError, ConfigError
-from mpiengine_sdk.remote.protocol import DEFAULT_VHOST
-from mpiengine_sdk.remote.transport import PikaTransport
+from mpiengine_sdk.relayclient.protocol import DEFAULT_VHOST
+from mpiengine_sdk.relayclient.transport import PikaTransport
 
 __all__ = ["BrokerSettings", "admin_for", "init_relay", "settings_of"]
 

@@ -14,13 +14,13 @@ from mpiengine.relay.daemon import instances, running_pid
 from mpiengine.relay.database import redact
 from mpiengine.relay.store import RelayStore
 from mpiengine_sdk.errors import BackendError
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     QUEUE_DEAD,
     QUEUE_HEARTBEATS,
     QUEUE_REQUESTS,
     QUEUE_RESULTS,
 )
-from mpiengine_sdk.remote.transport import PikaTransport
+from mpiengine_sdk.relayclient.transport import PikaTransport
 
 __all__ = ["relay_status"]
 

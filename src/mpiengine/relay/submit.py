@@ -31,8 +31,8 @@ from mpiengine_sdk.errors import (
     RelayError,
     SubmitError,
 )
-from mpiengine_sdk.remote.protocol import Frame, encode_frame, failed_result, task_queue
-from mpiengine_sdk.remote.transport import Channel, Unroutable
+from mpiengine_sdk.relayclient.protocol import Frame, encode_frame, failed_result, task_queue
+from mpiengine_sdk.relayclient.transport import Channel, Unroutable
 from mpiengine_sdk.spec import ResourceSpec
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import (

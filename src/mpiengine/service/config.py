@@ -27,7 +27,7 @@ import yaml
 
 from mpiengine_sdk.client_config import mpiengine_home
 from mpiengine_sdk.errors import ConfigError
-from mpiengine_sdk.remote.protocol import DEFAULT_BROKER_URL
+from mpiengine_sdk.relayclient.protocol import DEFAULT_BROKER_URL
 
 __all__ = [
     "EndpointPaths",

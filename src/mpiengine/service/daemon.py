@@ -23,7 +23,7 @@ from mpiengine.service.register import register
 from mpiengine.service.worker import EndpointService
 from mpiengine_sdk.client_config import mpiengine_home
 from mpiengine_sdk.errors import BackendError, ConfigError
-from mpiengine_sdk.remote.transport import PikaTransport
+from mpiengine_sdk.relayclient.transport import PikaTransport
 
 __all__ = [
     "delete_endpoint",

@@ -15,8 +15,8 @@ from collections.abc import Collection
 from mpiengine.service.deliveries import Deliveries
 from mpiengine.service.store import LocalStore
 from mpiengine_sdk.errors import PayloadTooLarge
-from mpiengine_sdk.remote.protocol import EXCHANGE_IN, KEY_RESULT, encode_frame
-from mpiengine_sdk.remote.transport import Channel
+from mpiengine_sdk.relayclient.protocol import EXCHANGE_IN, KEY_RESULT, encode_frame
+from mpiengine_sdk.relayclient.transport import Channel
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import ResultMessage, encode_result, replace
 

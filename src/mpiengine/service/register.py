@@ -9,7 +9,7 @@ from typing import Any
 
 from mpiengine.queues import DEAD_LETTERS
 from mpiengine_sdk.errors import BackendError
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_IN,
     KEY_REQUEST,
     ProtocolError,
@@ -18,7 +18,7 @@ from mpiengine_sdk.remote.protocol import (
     error_from_header,
     session_queue,
 )
-from mpiengine_sdk.remote.transport import Delivery, Transport
+from mpiengine_sdk.relayclient.transport import Delivery, Transport
 
 __all__ = ["register"]
 

@@ -30,7 +30,7 @@ from mpiengine.service.outbox import ResultOutbox
 from mpiengine.service.store import LocalStore
 from mpiengine_sdk.backend import Backend
 from mpiengine_sdk.errors import AuthenticationError, BackendError
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_IN,
     KEY_HEARTBEAT,
     ProtocolError,
@@ -39,7 +39,7 @@ from mpiengine_sdk.remote.protocol import (
     encode_frame,
     task_queue,
 )
-from mpiengine_sdk.remote.transport import Channel, Delivery, Transport
+from mpiengine_sdk.relayclient.transport import Channel, Delivery, Transport
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.wire import ResultMessage, TaskMessage, WireError, decode_task
 

@@ -1,36 +1,29 @@
-"""Remote mode: submit through a relay (RabbitMQ) to an endpoint on a login node.
+"""Deprecated alias of :mod:`mpiengine_sdk.relayclient` (the relay client's old name).
 
-``Executor(endpoint_id=..., relay=...)`` constructs a :class:`RelayBackend`; the API is the
-embedded default's. Tasks outlive the client: :func:`attach` re-attaches futures to them, from
-this or another process.
+Only the public names resolve here, each with a DeprecationWarning naming its new home.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from mpiengine_sdk.executor import Executor
-from mpiengine_sdk.future import TaskFuture
-from mpiengine_sdk.remote.client import RelayBackend
+import warnings
+from typing import Any
 
 __all__ = ["RelayBackend", "attach"]
 
+_NEW = {
+    "RelayBackend": "mpiengine_sdk.relayclient.RelayBackend",
+    "attach": "mpiengine_sdk.relayclient.attach",
+}
 
-def attach(executor: Executor, task_ids: Iterable[str] | None = None) -> list[TaskFuture]:
-    """Futures for tasks submitted earlier through the relay (by any process of this user).
 
-    Args:
-        executor: an Executor in remote mode (``Executor(endpoint_id=..., relay=...)``).
-        task_ids: the tasks; None for every task on the executor's endpoint whose result was
-            not fetched yet.
+def __getattr__(name: str) -> Any:
+    if name not in _NEW:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"mpiengine_sdk.remote is deprecated: use {_NEW[name]}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from mpiengine_sdk import relayclient
 
-    Returns:
-        One TaskFuture per task (see RelayBackend.attach).
-
-    Raises:
-        TypeError: the executor does not submit through a relay.
-    """
-    backend = executor.backend
-    if not isinstance(backend, RelayBackend):
-        raise TypeError("attach() needs an Executor in remote mode (endpoint_id=..., relay=...)")
-    return backend.attach(task_ids)
+    return getattr(relayclient, name)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mpiengine_sdk.errors import AuthenticationError, BackendError
-from mpiengine_sdk.remote.transport import Delivery, OnMessage, Unroutable
+from mpiengine_sdk.relayclient.transport import Delivery, OnMessage, Unroutable
 
 __all__ = ["FakeBroker", "FakeChannel", "FakeTransport"]
 

@@ -38,7 +38,7 @@ from mpiengine_sdk.errors import (
     RelayError,
 )
 from mpiengine_sdk.future import TaskFuture
-from mpiengine_sdk.remote.protocol import (
+from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_DEAD,
     EXCHANGE_IN,
     KEY_REQUEST,
@@ -49,8 +49,8 @@ from mpiengine_sdk.remote.protocol import (
     failed_result,
     session_queue,
 )
-from mpiengine_sdk.remote.settle import settle_from_message
-from mpiengine_sdk.remote.transport import Channel, Delivery, PikaTransport, Transport
+from mpiengine_sdk.relayclient.settle import settle_from_message
+from mpiengine_sdk.relayclient.transport import Channel, Delivery, PikaTransport, Transport
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage, WireError, decode_result
 from mpiengine_sdk.wire import encode_task as _encode_task
 

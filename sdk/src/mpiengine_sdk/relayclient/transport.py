@@ -2,7 +2,7 @@
 
 The SDK client, the relay and the endpoint service reach RabbitMQ only through a
 :class:`Transport` (``connect()``) and the :class:`Channel` it returns: a few AMQP verbs, no
-pika types. :class:`PikaTransport` is the real one; ``mpiengine_sdk.remote.fake`` has an
+pika types. :class:`PikaTransport` is the real one; ``mpiengine_sdk.relayclient.fake`` has an
 in-memory broker with the same interface for unit tests.
 
 A Channel is used from one thread (the one that connected) except ``call_threadsafe``. Any
