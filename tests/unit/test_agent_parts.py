@@ -93,7 +93,20 @@ def test_protocol_round_trips_launches_and_completions() -> None:
         files={"task.dill": b"\x00\xffbytes"},
     )
     assert launch_from_dict(launch_to_dict(spec)) == spec
-    done = Completion("t", 0, "o", "e", "/o", "/e", "/s", ("a",), 1.0, 2.0, False, True, "")
+    done = Completion(
+        task_id="t",
+        returncode=0,
+        stdout="o",
+        stderr="e",
+        stdout_path="/o",
+        stderr_path="/e",
+        sandbox="/s",
+        argv=("a",),
+        started=1.0,
+        ended=2.0,
+        timed_out=False,
+        cancelled=True,
+    )
     assert completion_from_dict(completion_to_dict(done)) == done
     with pytest.raises(ProtocolError):
         decode(b"[1]")

@@ -3,6 +3,7 @@ the relay store, the rate limiter, delivery bookkeeping, the endpoint's local st
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -31,6 +32,7 @@ from mpiengine_sdk import (
     ShellFunction,
 )
 from mpiengine_sdk.client_config import load_client_config, write_client_config
+from mpiengine_sdk.errors import error_record
 from mpiengine_sdk.relayclient.protocol import (
     ProtocolError,
     check_principal,
@@ -38,7 +40,6 @@ from mpiengine_sdk.relayclient.protocol import (
     decode_frame,
     encode_frame,
     error_from_header,
-    error_header,
     session_queue,
     task_queue,
 )
@@ -74,7 +75,7 @@ def test_malformed_frames_are_refused(body: bytes) -> None:
     ],
 )
 def test_errors_cross_the_wire_whole(error: RelayError) -> None:
-    back = error_from_header(error_header(error))
+    back = error_from_header(json.loads(json.dumps(error_record(error).to_dict())))
     assert type(back) is type(error) and str(back) == str(error) and back.code == error.code
 
 

@@ -164,15 +164,13 @@ def test_the_embedded_executor_names_its_own_knob_for_an_oversize_task(tmp_path)
 
 def test_a_task_too_large_keeps_its_knob_across_the_wire():
     from mpiengine_sdk import TaskTooLarge
+    from mpiengine_sdk.errors import error_record
     from mpiengine_sdk.results import unpack_result
-    from mpiengine_sdk.states import TaskState
-    from mpiengine_sdk.wire import ResultMessage, TaskKind
+    from mpiengine_sdk.wire import TaskKind, decode_result, encode_result, error_result
 
     for knob in ("nodes_per_block", "Executor(nodes=N, cores_per_node=C)"):
         sent = TaskTooLarge("3 nodes x 1 cores x 0 gpus", "2 nodes x 4 cores x 0 gpus", knob)
-        msg = ResultMessage(
-            task_id="t", state=TaskState.FAILED, error_type="TaskTooLarge", error_message=str(sent)
-        )
+        msg = decode_result(encode_result(error_result("t", error_record(sent))))
         with pytest.raises(TaskTooLarge) as info:
             unpack_result(TaskKind.SHELL, msg)
         assert info.value.knob == knob

@@ -28,6 +28,7 @@ from mpiengine.relay.submit import SubmitHandler
 from mpiengine_sdk.errors import (
     AuthenticationError,
     RelayError,
+    error_record,
 )
 from mpiengine_sdk.relayclient.protocol import (
     Frame,
@@ -35,7 +36,6 @@ from mpiengine_sdk.relayclient.protocol import (
     control_queue,
     decode_frame,
     encode_frame,
-    error_header,
     task_queue,
     user_prefix,
 )
@@ -109,7 +109,8 @@ class RequestHandler:
             log.warning("refused %s from %s: %s", frame.type, delivery.user_id, exc)
             # An unauthenticated sender only gets an answer to a request id it chose, never
             # results: it cannot use the relay to write task ids into another user's queue.
-            self._answer(channel, delivery.reply_to, cid, {"ok": False, "error": error_header(exc)})
+            refused = {"ok": False, "error": error_record(exc).to_dict()}
+            self._answer(channel, delivery.reply_to, cid, refused)
         except ProtocolError as exc:
             dead_letter(channel, delivery, exc)
             return

@@ -29,7 +29,7 @@ from mpiengine.service.deliveries import Deliveries
 from mpiengine.service.outbox import ResultOutbox
 from mpiengine.service.store import LocalStore
 from mpiengine_sdk.backend import Backend
-from mpiengine_sdk.errors import AuthenticationError, BackendError
+from mpiengine_sdk.errors import AuthenticationError, BackendError, error_record
 from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_IN,
     KEY_HEARTBEAT,
@@ -41,7 +41,7 @@ from mpiengine_sdk.relayclient.protocol import (
 )
 from mpiengine_sdk.relayclient.transport import Channel, Delivery, Transport
 from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage, TaskMessage, WireError, decode_task
+from mpiengine_sdk.wire import ResultMessage, TaskMessage, WireError, decode_task, error_result
 
 __all__ = ["EndpointService"]
 
@@ -246,7 +246,7 @@ class EndpointService:
             self._backend.submit(tasks)
         except Exception as exc:  # refused (a single task raises) or an engine failure
             for task in tasks:
-                self._inject(task.task_id, TaskState.FAILED, type(exc).__name__, str(exc))
+                self._sink(error_result(task.task_id, error_record(exc)))
 
     def _inject(self, task_id: str, state: TaskState, error_type: str, message: str) -> None:
         self._sink(ResultMessage(task_id, state, error_type=error_type, error_message=message))

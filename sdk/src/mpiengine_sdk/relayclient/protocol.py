@@ -29,16 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpiengine_sdk import errors
-from mpiengine_sdk.errors import (
-    AuthenticationError,
-    AuthorizationError,
-    MPIEngineError,
-    PayloadTooLarge,
-    RateLimited,
-    RelayError,
-)
-from mpiengine_sdk.states import TaskState
-from mpiengine_sdk.wire import ResultMessage
+from mpiengine_sdk.errors import MPIEngineError, RelayError, error_from_record, error_record
+from mpiengine_sdk.wire import ErrorRecord, ResultMessage, error_result
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -60,7 +52,6 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "error_from_header",
-    "error_header",
     "failed_result",
     "session_queue",
     "task_queue",
@@ -167,42 +158,20 @@ def decode_frame(body: bytes) -> Frame:
     return Frame(header, lines)
 
 
-def error_header(exc: MPIEngineError) -> dict[str, Any]:
-    """An error as plain data for a reply header (type name, message, data)."""
-    data: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    if isinstance(exc, RelayError):
-        data["code"] = exc.code
-    if isinstance(exc, PayloadTooLarge):
-        data.update(size=exc.size, limit=exc.limit)
-    if isinstance(exc, RateLimited):
-        data["retry_after"] = exc.retry_after
-    return data
-
-
 def error_from_header(data: Mapping[str, Any]) -> RelayError:
-    """Rebuild the RelayError an ``error_header`` describes (RelayError when unknown)."""
-    name = str(data.get("type", ""))
-    message = str(data.get("message", "the relay refused the request"))
-    code = str(data.get("code", "relay_error"))
-    try:
-        if name == "PayloadTooLarge":
-            return PayloadTooLarge(int(data["size"]), int(data["limit"]))
-        if name == "RateLimited":
-            return RateLimited(float(data["retry_after"]))
-    except (KeyError, TypeError, ValueError):
-        pass
-    if name == "AuthenticationError":
-        return AuthenticationError(message, code)
-    if name == "AuthorizationError":
-        return AuthorizationError(message, code)
-    return RelayError(message, code)
+    """Rebuild the RelayError a reply's ``error`` describes.
+
+    The relay sends the refusal's structured error (``error_record(exc).to_dict()``); one that
+    is not a RelayError comes back as a plain RelayError with its message and ``code`` field.
+    """
+    record = ErrorRecord.from_dict(data)
+    exc = error_from_record(record)
+    if isinstance(exc, RelayError):
+        return exc
+    message = record.message or "the relay refused the request"
+    return RelayError(message, str(record.fields.get("code", "relay_error")))
 
 
 def failed_result(task_id: str, exc: MPIEngineError) -> ResultMessage:
     """A FAILED result standing for a refusal; the SDK rebuilds ``exc`` from it."""
-    return ResultMessage(
-        task_id=task_id,
-        state=TaskState.FAILED,
-        error_type=type(exc).__name__,
-        error_message=str(exc),
-    )
+    return error_result(task_id, error_record(exc))
