@@ -19,5 +19,6 @@ fi
 ruff check src sdk tests benchmarks
 ruff format --check src sdk tests benchmarks
 mypy src sdk/src
+lint-imports
 
 python3 -m pytest "$@"
