@@ -31,7 +31,7 @@ from mpiengine_sdk import (
     ShellResult,
     TaskState,
 )
-from mpiengine_sdk.relayclient import RelayBackend, attach
+from mpiengine_sdk.relayclient import RelayBackend
 from tests.conftest import require
 from tests.support.relay_harness import EndpointProcess, Principal, RelayHarness, wait_for
 
@@ -167,13 +167,13 @@ def test_fire_and_forget_then_attach_from_another_process(
     ids = out.stdout.split()
     assert len(ids) == 5
     with Executor(endpoint_id=endpoint.endpoint_id, config=alice.client_config) as ex:
-        listed = {f.task_id for f in attach(ex)}
+        listed = {f.task_id for f in ex.attach()}
         assert set(ids) <= listed
-        futures = attach(ex, ids)
+        futures = ex.attach(ids)
         results = [f.result(60) for f in futures]
         assert [r.stdout for r in results] == [f"{i}\n" for i in range(5)]
         # Fetched results stay fetchable for the retention time (one result per id).
-        again = attach(ex, ids[:1])[0].result(30)
+        again = ex.attach(ids[:1])[0].result(30)
         assert again.stdout == "0\n"
 
 

@@ -25,7 +25,7 @@ from mpiengine_sdk import (
     RateLimited,
     ShellFunction,
 )
-from mpiengine_sdk.relayclient import RelayBackend, attach
+from mpiengine_sdk.relayclient import RelayBackend
 from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_DEAD,
     EXCHANGE_IN,
@@ -167,8 +167,8 @@ def test_a_user_never_sees_another_users_tasks(
         mine = ex.submit(ShellFunction(["true"]))
         mine.result(30)
     with Executor(endpoint_id=bob_endpoint, config=bob.client_config) as ex:
-        assert mine.task_id not in {f.task_id for f in attach(ex)}
-        (theirs,) = attach(ex, [mine.task_id])
+        assert mine.task_id not in {f.task_id for f in ex.attach()}
+        (theirs,) = ex.attach([mine.task_id])
         with pytest.raises(AuthorizationError, match="another user's"):
             theirs.result(30)
         # The same task id cannot be taken over either.

@@ -161,10 +161,13 @@ def test_cancelling_a_waiting_dependent_never_sends_it(hand):
     assert second.cancel()
     assert second.cancelled()
     assert "second" not in backend.cancelled  # held in the client: nothing to kill remotely
+    called = threading.Event()
+    first.add_done_callback(lambda _: called.set())  # runs after the dependency's own callback
     backend.finish_python("first", 3)
     assert first.result(timeout=10) == 3
-    # The dependency's callbacks ran inside finish_python and started the launch thread (if
-    # any); once it has ended, a wrongly scheduled launch would have happened.
+    assert called.wait(10)
+    # The dependency's callback has run and started the launch thread (if any); once it has
+    # ended, a wrongly scheduled launch would have happened.
     for thread in threading.enumerate():
         if thread.name == "deps-second":
             thread.join(timeout=10)

@@ -33,7 +33,7 @@ from mpiengine_sdk import (
     TaskState,
 )
 from mpiengine_sdk.backend import ResultSink
-from mpiengine_sdk.relayclient import RelayBackend, attach
+from mpiengine_sdk.relayclient import RelayBackend
 from mpiengine_sdk.relayclient.fake import FakeBroker
 from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_IN,
@@ -206,10 +206,12 @@ def test_duplicates_never_reach_the_user(system: System) -> None:
     engine.finish(future.task_id, "one")
     engine.finish(future.task_id, "two")  # an engine (or redelivery) reporting twice
     assert future.result(10).stdout == "one"
-    # The relay re-sends a stored result on fetch: still one result at the SDK.
-    attach(ex, [future.task_id])[0].result(10)
     time.sleep(0.3)
     assert counts[future.task_id] == 1
+    # The relay re-sends a stored result on fetch: once more, for the attached future only.
+    assert ex.attach([future.task_id])[0].result(10).stdout == "one"
+    time.sleep(0.3)
+    assert counts[future.task_id] == 2
     assert service.status()["tasks_completed"] == 1
 
 
@@ -333,7 +335,7 @@ def test_cross_user_access_is_refused(system: System) -> None:
     alice, bob = system.executor("alice"), system.executor("bob")
     mine = alice.submit(TRUE, task_id="alices-task")
     mine.result(10)
-    (theirs,) = attach(bob, ["alices-task"])
+    (theirs,) = bob.attach(["alices-task"])
     with pytest.raises(AuthorizationError, match="another user's"):
         theirs.result(10)
     with pytest.raises(SubmitError, match="already taken"):
@@ -387,7 +389,7 @@ def test_unfetched_results_expire_with_a_clear_error(tmp_path: Path) -> None:
         first.shutdown(wait=False)  # fire and forget: nobody fetches the result
         engine.finish(task_id)
         time.sleep(1.0)  # > result_max_age, with sweeps every 50 ms
-        (future,) = attach(s.executor(), [task_id])
+        (future,) = s.executor().attach([task_id])
         with pytest.raises(RelayError, match="expired: it was not fetched within"):
             future.result(10)
     finally:

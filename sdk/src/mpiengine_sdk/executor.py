@@ -12,11 +12,12 @@ import importlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mpiengine_sdk import deps
-from mpiengine_sdk.backend import Backend
+from mpiengine_sdk.backend import Backend, Reattachable
 from mpiengine_sdk.errors import (
     BackendError,
     ConfigError,
@@ -32,6 +33,7 @@ from mpiengine_sdk.functions import (
 )
 from mpiengine_sdk.future import TaskFuture
 from mpiengine_sdk.results import unpack_result
+from mpiengine_sdk.settler import Settler, before_wait
 from mpiengine_sdk.spec import ResourceSpec, coerce_spec
 from mpiengine_sdk.states import TaskState
 from mpiengine_sdk.timeline import Timeline, TimelineRecorder
@@ -75,10 +77,11 @@ def _user_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value)
 
 
-def _remote_backend(endpoint_id: str, relay: str | None, options: Mapping[str, Any]) -> Backend:
-    module = importlib.import_module("mpiengine_sdk.relayclient")
-    backend: Backend = module.RelayBackend(endpoint_id=endpoint_id, relay=relay, **options)
-    return backend
+def _relay_backend(endpoint_id: str, relay: str | None, options: Mapping[str, Any]) -> Backend:
+    # Imported here: the relay client (and pika) only load in remote mode.
+    from mpiengine_sdk.relayclient.client import RelayBackend
+
+    return RelayBackend(endpoint_id=endpoint_id, relay=relay, **options)
 
 
 class Executor(concurrent.futures.Executor):
@@ -102,6 +105,9 @@ class Executor(concurrent.futures.Executor):
     Raises:
         BackendError: the backend cannot start.
         ConfigError: ``user_config`` is not a mapping of names to JSON values.
+
+    Futures are settled, and their done-callbacks run, on this executor's settling thread
+    (never on the engine's or the relay client's threads); see :mod:`mpiengine_sdk.settler`.
     """
 
     def __init__(
@@ -121,16 +127,24 @@ class Executor(concurrent.futures.Executor):
             if endpoint_id is None:
                 backend = _embedded_backend(options)
             else:
-                backend = _remote_backend(endpoint_id, relay, options)
+                backend = _relay_backend(endpoint_id, relay, options)
         self._backend = backend
         self.endpoint_id = endpoint_id
         self._lock = threading.Lock()
         self._futures: dict[str, TaskFuture] = {}
+        # Futures of tasks submitted elsewhere (attach): settled alike, never waited for.
+        self._attached: dict[str, TaskFuture] = {}
         # Tasks held in this client until their dependencies resolve (see _submit_after).
         self._waiting: set[str] = set()
         self._timeline = TimelineRecorder()
         self._shutdown = False
-        self._backend.start(self._on_result)
+        self._settler: Settler[ResultMessage] = Settler(self._on_result, "mpiengine-settle")
+        weakref.finalize(self, self._settler.stop, False)  # dropped without shutdown()
+        try:
+            self._backend.start(self._settler.put)
+        except BaseException:
+            self._settler.stop(wait=False)
+            raise
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -292,12 +306,51 @@ class Executor(concurrent.futures.Executor):
             self._last_merge = (default, resource_spec, spec)
         return spec
 
+    def attach(self, task_ids: Iterable[str] | None = None) -> list[TaskFuture]:
+        """Futures for tasks submitted earlier through the relay (by any process of this user).
+
+        Args:
+            task_ids: the tasks; None for every task on this executor's endpoint whose result
+                was not fetched yet.
+
+        Returns:
+            One TaskFuture per task, resolved as results arrive (at once for finished ones); the
+            same future for a task already attached or submitted here and not yet resolved. An
+            unknown, expired or foreign task id resolves with a RelayError. ``shutdown`` does
+            not wait for attached futures.
+
+        Raises:
+            TypeError: the executor does not submit through a relay.
+            RelayError, BackendError: the relay cannot list the tasks.
+        """
+        backend = self._backend
+        if not isinstance(backend, Reattachable):
+            raise TypeError(
+                "attach() needs an Executor in remote mode (endpoint_id=..., relay=...)"
+            )
+        tasks = backend.list_tasks(None if task_ids is None else list(task_ids))
+        futures = []
+        with self._lock:
+            for tid, kind in tasks:
+                future = self._futures.get(tid) or self._attached.get(tid)
+                if future is None:
+                    future = self._attached[tid] = TaskFuture(tid, kind, self._cancel)
+                futures.append(future)
+        backend.follow([tid for tid, _ in tasks])  # after the futures exist: results may follow
+        return futures
+
     # -- results -------------------------------------------------------------------------
     def _on_result(self, msg: ResultMessage) -> None:
+        """Settle the message's future (on the settling thread)."""
+        tid = msg.task_id
         with self._lock:
-            future = self._futures.get(msg.task_id)
-            if future is not None and msg.state.terminal:
-                del self._futures[msg.task_id]
+            future = self._futures.get(tid)
+            if future is None:
+                future = self._attached.get(tid)
+                if future is not None and msg.state.terminal:
+                    del self._attached[tid]
+            elif msg.state.terminal:
+                del self._futures[tid]
         if future is None or future.done():
             return  # unknown or duplicate delivery: one result per task id reaches the user
         if msg.state.terminal:
@@ -363,8 +416,10 @@ class Executor(concurrent.futures.Executor):
                 if not future.running():
                     future.cancel()
         if wait:
+            before_wait()  # from a done-callback: the results waited for still get settled
             concurrent.futures.wait(pending)
         self._backend.shutdown(wait=wait)
+        self._settler.stop(wait=wait)
 
 
 def _settle(future: TaskFuture, *, value: object = None, exc: BaseException | None = None) -> None:

@@ -7,9 +7,12 @@ import concurrent.futures._base as _fbase
 from collections.abc import Callable
 from typing import Any
 
+from mpiengine_sdk.settler import before_wait
 from mpiengine_sdk.wire import ResultMessage, TaskKind
 
 __all__ = ["TaskFuture"]
+
+_DONE = (_fbase.FINISHED, _fbase.CANCELLED_AND_NOTIFIED)
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
@@ -36,6 +39,19 @@ class TaskFuture(concurrent.futures.Future[Any]):
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} {self.kind.value} state={self._state.lower()}>"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``; from a done-callback, settling moves to another thread first."""
+        if self._state not in _DONE:
+            before_wait()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``; from a done-callback, settling moves to another thread
+        first."""
+        if self._state not in _DONE:
+            before_wait()
+        return super().exception(timeout)
 
     def cancel(self) -> bool:
         """Cancel the task: drop it if queued, kill it if running.

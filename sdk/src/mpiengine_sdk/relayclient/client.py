@@ -14,7 +14,8 @@ the new session, but asks for each task only once the broker has confirmed its s
 the relay cannot know it. An "unknown task" answer for a task submitted here can still come
 (another relay process may hold its submit); it is asked again with backoff, for
 ``unknown_retry_for`` seconds, never taken for the task's result. Tasks outlive the client:
-``attach`` re-attaches futures to them from another process.
+``list_tasks`` and ``follow`` (behind ``Executor.attach``) route their results to this client
+from another process. This client deals in messages only: the Executor owns the futures.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ from mpiengine_sdk.errors import (
     PayloadTooLarge,
     RelayError,
 )
-from mpiengine_sdk.future import TaskFuture
 from mpiengine_sdk.relayclient.protocol import (
     EXCHANGE_DEAD,
     EXCHANGE_IN,
@@ -49,7 +49,6 @@ from mpiengine_sdk.relayclient.protocol import (
     failed_result,
     session_queue,
 )
-from mpiengine_sdk.relayclient.settle import settle_from_message
 from mpiengine_sdk.relayclient.transport import Channel, Delivery, PikaTransport, Transport
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage, WireError, decode_result
 from mpiengine_sdk.wire import encode_task as _encode_task
@@ -131,7 +130,7 @@ class RelayBackend:
         self._unknown_retry_for = unknown_retry_for
         self._lock = threading.Lock()
         self._outstanding: dict[str, TaskKind] = {}
-        self._attached: dict[str, TaskFuture] = {}
+        self._followed: set[str] = set()  # attached here: results for the sink, not submitted
         self._tasks: list[tuple[str, bytes]] = []
         self._frames: list[_Out] = []  # requests, then unsent ones after a failure
         self._unconfirmed: set[str] = set()  # submitted here; the broker has not confirmed it
@@ -215,7 +214,7 @@ class RelayBackend:
 
     def shutdown(self, wait: bool = True) -> None:
         """Send what is queued, then close. Outstanding tasks keep running on the endpoint;
-        ``attach`` finds them later. Idempotent."""
+        ``Executor.attach`` finds them later. Idempotent."""
         self._closing.set()
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -252,33 +251,31 @@ class RelayBackend:
             raise error_from_header(slot.header.get("error", {}))
         return slot.header
 
-    def attach(self, task_ids: Iterable[str] | None = None) -> list[TaskFuture]:
-        """Futures for tasks submitted earlier (by any process of this user).
+    def list_tasks(self, task_ids: Sequence[str] | None) -> list[tuple[str, TaskKind]]:
+        """The tasks to attach, with their kinds (for ``Executor.attach``).
 
         Args:
-            task_ids: the tasks; None means every task of this user on this endpoint whose
-                result has not been fetched yet.
+            task_ids: these tasks (one the relay does not list comes back as a Python task:
+                following it brings the relay's refusal); None for every task of this user on
+                this endpoint whose result has not been fetched yet.
 
-        Returns:
-            One TaskFuture per task, resolved as results arrive (at once for finished ones).
-            An unknown, expired or foreign task id resolves with a RelayError.
+        Raises:
+            RelayError, BackendError: as ``request``.
         """
         wanted = None if task_ids is None else list(task_ids)
         reply = self.request({"type": "list", "endpoint_id": self.endpoint_id, "task_ids": wanted})
         kinds = {str(t[0]): str(t[1]) for t in reply.get("tasks", [])}
         ids = wanted if wanted is not None else list(kinds)
-        futures = []
+        return [(tid, TaskKind(kinds.get(tid, TaskKind.PYTHON.value))) for tid in ids]
+
+    def follow(self, task_ids: Sequence[str]) -> None:
+        """Deliver these tasks' results to the sink, resolved at once for finished ones; an
+        unknown, expired or foreign task id gets a FAILED result with a RelayError."""
+        if not task_ids:
+            return
         with self._lock:
-            for tid in ids:
-                future = self._attached.get(tid)
-                if future is None:
-                    kind = TaskKind(kinds.get(tid, TaskKind.PYTHON.value))
-                    future = TaskFuture(tid, kind, self.cancel)
-                    self._attached[tid] = future
-                futures.append(future)
-        if ids:
-            self._send({"type": "fetch", "task_ids": ids})
-        return futures
+            self._followed.update(task_ids)
+        self._send({"type": "fetch", "task_ids": list(task_ids)})
 
     def status(self) -> dict[str, Any]:
         """The endpoint's last heartbeat as the relay saw it: ``online``, ``status``...
@@ -374,7 +371,7 @@ class RelayBackend:
         with self._lock:
             self._asks.clear()  # answers to the old session's asks never come
             self._ask.update(dict.fromkeys(self._outstanding, now))
-            others = [t for t in self._attached if t not in self._outstanding]
+            others = [t for t in self._followed if t not in self._outstanding]
         if others:
             self._send({"type": "fetch", "task_ids": others})
 
@@ -495,18 +492,15 @@ class RelayBackend:
     def _deliver(self, msg: ResultMessage) -> None:
         tid = msg.task_id
         with self._lock:
-            future = self._attached.get(tid)
-            mine = tid in self._outstanding
+            mine = tid in self._outstanding or tid in self._followed
             if msg.state.terminal:
-                self._attached.pop(tid, None)
+                self._followed.discard(tid)
                 self._outstanding.pop(tid, None)
                 self._ask.pop(tid, None)
                 self._unknown_since.pop(tid, None)
                 if not self._fetched:
                     self._fetched_due = time.monotonic() + _FETCHED_DELAY
                 self._fetched.append(tid)
-        if future is not None:
-            settle_from_message(future, msg)
         if mine:
             try:
                 self._emit(msg)

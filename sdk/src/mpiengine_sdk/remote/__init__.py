@@ -1,18 +1,23 @@
 """Deprecated alias of :mod:`mpiengine_sdk.relayclient` (the relay client's old name).
 
-Only the public names resolve here, each with a DeprecationWarning naming its new home.
+Only the public names resolve here, each with a DeprecationWarning naming its new form.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpiengine_sdk.executor import Executor
+    from mpiengine_sdk.future import TaskFuture
 
 __all__ = ["RelayBackend", "attach"]
 
 _NEW = {
     "RelayBackend": "mpiengine_sdk.relayclient.RelayBackend",
-    "attach": "mpiengine_sdk.relayclient.attach",
+    "attach": "Executor.attach(task_ids)",
 }
 
 
@@ -20,10 +25,17 @@ def __getattr__(name: str) -> Any:
     if name not in _NEW:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     warnings.warn(
-        f"mpiengine_sdk.remote is deprecated: use {_NEW[name]}",
+        f"mpiengine_sdk.remote.{name} is deprecated: use {_NEW[name]}",
         DeprecationWarning,
         stacklevel=2,
     )
+    if name == "attach":
+        return _attach
     from mpiengine_sdk import relayclient
 
-    return getattr(relayclient, name)
+    return relayclient.RelayBackend
+
+
+def _attach(executor: Executor, task_ids: Iterable[str] | None = None) -> list[TaskFuture]:
+    """Deprecated: ``executor.attach(task_ids)``, which this calls."""
+    return executor.attach(task_ids)
