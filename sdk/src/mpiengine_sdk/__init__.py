@@ -1,7 +1,8 @@
 """mpiengine SDK: submit shell commands, MPI programs and Python functions to an endpoint.
 
 ``Executor()`` with no arguments runs an embedded endpoint in this process (needs the
-``mpiengine`` package); ``Executor(endpoint_id=..., relay=...)`` submits through a relay.
+``mpiengine`` package); ``Executor(endpoint_id=..., relay=...)`` submits through a relay, and its
+``attach(task_ids)`` gives futures for tasks submitted earlier.
 """
 
 from mpiengine_sdk.errors import (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import importlib
 import json
 import threading
 import uuid
@@ -17,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mpiengine_sdk import deps
-from mpiengine_sdk.backend import Backend, Reattachable
+from mpiengine_sdk.backend import Backend, Reattachable, make_backend
 from mpiengine_sdk.errors import (
     BackendError,
     ConfigError,
@@ -46,18 +45,6 @@ SpecLike = ResourceSpec | Mapping[str, Any] | None
 Submittable = ShellFunction | MPIPythonFunction | Callable[..., Any]
 
 
-def _embedded_backend(options: Mapping[str, Any]) -> Backend:
-    try:
-        module = importlib.import_module("mpiengine.embedded")
-    except ImportError as exc:
-        raise BackendError(
-            "the embedded endpoint needs the engine: pip install mpiengine "
-            "(or pass endpoint_id= and relay= to submit through a relay)"
-        ) from exc
-    backend: Backend = module.EmbeddedEndpoint(**options)
-    return backend
-
-
 def _user_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
     """User variables checked at the edge: a mapping of names to JSON values."""
     if value is None:
@@ -75,13 +62,6 @@ def _user_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
             f"values must be JSON data (str, int, float, bool, None, lists, mappings): {exc}",
         ) from exc
     return dict(value)
-
-
-def _relay_backend(endpoint_id: str, relay: str | None, options: Mapping[str, Any]) -> Backend:
-    # Imported here: the relay client (and pika) only load in remote mode.
-    from mpiengine_sdk.relayclient.client import RelayBackend
-
-    return RelayBackend(endpoint_id=endpoint_id, relay=relay, **options)
 
 
 class Executor(concurrent.futures.Executor):
@@ -124,10 +104,7 @@ class Executor(concurrent.futures.Executor):
         self._user_config = _user_config(user_config)
         self._last_merge: tuple[ResourceSpec, ResourceSpec, ResourceSpec] | None = None
         if backend is None:
-            if endpoint_id is None:
-                backend = _embedded_backend(options)
-            else:
-                backend = _relay_backend(endpoint_id, relay, options)
+            backend = make_backend(endpoint_id, relay, options)
         self._backend = backend
         self.endpoint_id = endpoint_id
         self._lock = threading.Lock()
