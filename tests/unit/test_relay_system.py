@@ -108,7 +108,7 @@ class System:
         config = ServiceConfig(
             user="alice",
             endpoint_id=self.endpoint_id,
-            engine="null",
+            backend="null",
             heartbeat_period=0.1,
             **settings,  # type: ignore[arg-type]
         )
