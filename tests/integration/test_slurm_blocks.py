@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mpiengine.blocks.blockstate import BlockRecord
 from mpiengine.slurm_endpoint import BatchEndpoint
 from mpiengine_sdk import (
     BlockLost,
@@ -159,6 +160,41 @@ def marked_processes(task_id: str) -> list[tuple[int, str]]:
     return found
 
 
+def ranks_running(task_id: str, program: str) -> set[str]:
+    """The nodes on which a process of the task runs ``program`` (its ranks, not srun)."""
+    nodes = set()
+    for pid, node in marked_processes(task_id):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == program:
+                nodes.add(node)
+        except OSError:
+            continue
+    return nodes
+
+
+def slurm_view() -> str:
+    """squeue and sinfo as Slurm sees them now (for a failure message)."""
+    out = []
+    for argv in (["squeue", "-o", "%i %j %T %R"], ["sinfo", "-N", "-o", "%N %T %E"]):
+        try:
+            out.append(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout)
+        except (OSError, subprocess.SubprocessError) as exc:
+            out.append(f"{argv[0]}: {exc}")
+    return "\n".join(out)
+
+
+def wait_for_replacement(ep: BatchEndpoint, old_job: str, within: float) -> BlockRecord:
+    """The endpoint's connected block from a job other than ``old_job``."""
+    deadline = time.monotonic() + within
+    while True:
+        blocks = [b for b in ep.blocks() if b.job_id != old_job and b.state.attached]
+        if blocks:
+            return blocks[0]
+        late = time.monotonic() > deadline
+        assert not late, f"no replacement block in {within:.0f} s\n{slurm_view()}"
+        time.sleep(0.2)
+
+
 def test_mpi_program_across_two_nodes_with_srun(executor: Executor) -> None:
     spec = ResourceSpec(num_nodes=2, ranks_per_node=2)
     result = executor.submit(MPIFunction([PY, "-c", MPI_HELLO]), resource_spec=spec).result(120)
@@ -236,9 +272,12 @@ def test_scancel_of_the_block_mid_run(
     doomed = executor.submit(
         MPIFunction(["sleep", "300"]), resource_spec=ResourceSpec(num_nodes=2, ranks_per_node=1)
     )
+    # Mid-run: the shell task has touched its marker and both MPI ranks run `sleep` (on their
+    # two nodes), so no step is still starting when the job goes: Slurm 22.05 keeps the nodes
+    # of a job cancelled while its steps start busy for 2-3 minutes.
     deadline = time.monotonic() + 60
-    while not (marker.exists() and doomed.running()):
-        assert time.monotonic() < deadline, "tasks did not start"
+    while not (marker.exists() and len(ranks_running(doomed.task_id, "sleep")) == 2):
+        assert time.monotonic() < deadline, f"tasks did not start\n{slurm_view()}"
         time.sleep(0.1)
     old = endpoint.blocks()
     assert len(old) == 1 and old[0].job_id
@@ -249,8 +288,14 @@ def test_scancel_of_the_block_mid_run(
     err = info.value
     assert err.block_id == old[0].block_id and err.job_id == old[0].job_id
     assert set(err.nodes) == set(old[0].nodes)
+    # The replacement job starts once Slurm has released the cancelled job's nodes; on a
+    # loaded host slurmctld can keep them COMPLETING for minutes (it resends the kill on its
+    # purge cycle), so wait for that event, not a fixed time, and show Slurm's view if it
+    # never comes.
+    replacement = wait_for_replacement(endpoint, old[0].job_id, within=420)
     second = retried.result(120)
     assert second.stdout.strip() == "second"
+    assert second.block_id == replacement.block_id
     new = endpoint.blocks()
     assert len(new) == 1 and new[0].job_id != old[0].job_id
     assert executor.submit(ShellFunction("echo later")).result(60).stdout == "later\n"
