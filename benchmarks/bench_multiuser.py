@@ -55,7 +55,7 @@ def admin_files(root: Path, tag: str) -> None:
     doc = [{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": rules}]
     (root / "identity_mapping.json").write_text(json.dumps(doc))
     (root / "user_config_template.yaml.j2").write_text(
-        "engine: embedded\nengine_options:\n  nodes: 4\n  cores_per_node: 4\n"
+        "backend: embedded\nbackend_options:\n  nodes: 4\n  cores_per_node: 4\n"
     )
     (root / "user_config_schema.json").write_text('{"type": "object"}')
 
@@ -76,10 +76,10 @@ def main() -> int:
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-mu-") as tmp, RelayHarness(Path(tmp)) as h:
         owner = h.user("owner")
-        single = h.endpoint("single", owner, engine_options=ENGINE).start()
+        single = h.endpoint("single", owner, backend_options=ENGINE).start()
         with Executor(endpoint_id=single.endpoint_id, config=owner.client_config) as ex:
             s_tput, s_p50, s_p95 = measure(ex, args.tasks, args.samples)
-        multi = h.endpoint("multi", owner, engine=MANAGER_ENGINE, heartbeat_period=1.0)
+        multi = h.endpoint("multi", owner, backend=MANAGER_ENGINE, heartbeat_period=1.0)
         admin_files(multi.paths.root, h.tag)
         multi.start()
         firsts = []

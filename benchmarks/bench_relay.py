@@ -103,7 +103,7 @@ def relay_path(root: Path, store: str, n: int, samples: int) -> tuple[Row, Row]:
     """relay+null on ``store`` with one relay process, then with a second one beside it."""
     with RelayHarness(root, relay_options={"store": store}) as harness:
         user = harness.user("bench")
-        null = harness.endpoint("null", user, engine="null").start()
+        null = harness.endpoint("null", user, backend="null").start()
         with Executor(endpoint_id=null.endpoint_id, config=user.client_config) as ex:
             one = measure(ex, n, samples)
         harness.start_relay(instance="second")
@@ -126,7 +126,7 @@ def main() -> int:
             rows["embedded", "-", "-"] = measure(ex, args.engine_tasks, args.samples)
         with RelayHarness(root / "relay") as harness:
             user = harness.user("bench")
-            real = harness.endpoint("real", user, engine_options=ENGINE).start()
+            real = harness.endpoint("real", user, backend_options=ENGINE).start()
             with Executor(endpoint_id=real.endpoint_id, config=user.client_config) as ex:
                 rows["relay+embedded", "sqlite", "1"] = measure(ex, args.engine_tasks, args.samples)
         sqlite = f"sqlite:///{root / 'null-sqlite' / 'relay.db'}"

@@ -1,4 +1,8 @@
-"""The endpoint's YAML configuration, validated by ``site-configs/endpoint.schema.json``.
+"""A block config: how an endpoint gets and shapes its blocks (provider, nodes, cores, GPUs,
+launcher, walltime, ...), a YAML document validated by ``site-configs/block.schema.json``.
+
+Not to be confused with the endpoint *service* config (``mpiengine.service.config``, saved as
+``endpoint.yaml``), which names the relay, the backend and, for a batch backend, a block config.
 
 Every key has a default in the schema; a document may set any subset. What is refused, at load,
 with a :class:`ConfigError` naming the key, the problem and the allowed values:
@@ -15,6 +19,7 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +33,13 @@ from mpiengine.binding import Binding
 from mpiengine.data import data_dir
 from mpiengine_sdk.errors import ConfigError
 
-__all__ = ["EndpointConfig", "load_config", "parse_walltime", "schema"]
+__all__ = ["BlockConfig", "load_config", "parse_walltime", "schema"]
 
 
 @functools.lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    """The endpoint config's JSON schema (checked against its metaschema once)."""
-    path = data_dir("site-configs") / "endpoint.schema.json"
+    """The block config's JSON schema (checked against its metaschema once)."""
+    path = data_dir("site-configs") / "block.schema.json"
     doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.validators.validator_for(doc).check_schema(doc)
     return doc
@@ -54,8 +59,11 @@ def parse_walltime(text: str) -> int:
 
 
 @dataclass(frozen=True)
-class EndpointConfig:
-    """A validated endpoint configuration; see the schema for each field's meaning."""
+class BlockConfig:
+    """A validated block config; see the schema for each field's meaning.
+
+    Called ``EndpointConfig`` before; that name still imports, with a DeprecationWarning.
+    """
 
     provider: str = "slurm"
     nodes_per_block: int = 1
@@ -127,7 +135,7 @@ class EndpointConfig:
             return self.launcher
         return "srun" if self.provider == "slurm" else "mpich"
 
-    def replace(self, **changes: Any) -> EndpointConfig:
+    def replace(self, **changes: Any) -> BlockConfig:
         """A copy with some fields changed, validated again."""
         return load_config({**self.as_dict(), **changes})
 
@@ -164,7 +172,7 @@ def _check(doc: Mapping[str, Any]) -> None:
         raise _refusal(error)
 
 
-def _check_combinations(cfg: EndpointConfig) -> None:
+def _check_combinations(cfg: BlockConfig) -> None:
     if cfg.min_blocks > cfg.max_blocks:
         raise ConfigError(
             "min_blocks", f"{cfg.min_blocks} is above max_blocks={cfg.max_blocks}", "<= max_blocks"
@@ -217,7 +225,7 @@ def _check_combinations(cfg: EndpointConfig) -> None:
         )
 
 
-def load_config(source: str | Path | Mapping[str, Any] | None) -> EndpointConfig:
+def load_config(source: str | Path | Mapping[str, Any] | None) -> BlockConfig:
     """Load and validate an endpoint config.
 
     Args:
@@ -244,6 +252,19 @@ def load_config(source: str | Path | Mapping[str, Any] | None) -> EndpointConfig
             raise ConfigError(str(source), f"cannot read the endpoint config: {exc}") from exc
         doc = {} if doc is None else doc
     _check(doc)
-    cfg = EndpointConfig(**doc)
+    cfg = BlockConfig(**doc)
     _check_combinations(cfg)
     return cfg
+
+
+def __getattr__(name: str) -> Any:
+    """``EndpointConfig``, the old name of :class:`BlockConfig` (deprecated)."""
+    if name == "EndpointConfig":
+        warnings.warn(
+            "mpiengine.config.EndpointConfig is now BlockConfig (a block config, not the "
+            "endpoint service's config); the old name will go",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return BlockConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

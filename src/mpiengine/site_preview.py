@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpiengine.binding import GPU_VARIABLES, WRAPPER
-from mpiengine.config import EndpointConfig
+from mpiengine.config import BlockConfig
 from mpiengine.placement import Placement
 from mpiengine.runner.process import LaunchSpec
 from mpiengine.sites import Queue, Site
@@ -113,7 +113,7 @@ def shown(launch: LaunchSpec) -> dict[str, object]:
     return {"argv": argv, "env": env, "files": files}
 
 
-def batch_header(cfg: EndpointConfig) -> list[str]:
+def batch_header(cfg: BlockConfig) -> list[str]:
     """The submit command (as a comment) and the directive lines of a block's job script, as
     Parsl's provider writes them for ``cfg`` (its own file paths shown as ``{BLOCK}``).
 

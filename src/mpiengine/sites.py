@@ -7,7 +7,7 @@ node, queues with their limits, how jobs are charged, the directives every job n
 against ``site-configs/site.schema.json`` and a few rules the schema cannot state when it is
 loaded; a bad file is refused with a :class:`ConfigError` naming the file and the key.
 
-:func:`site_config` turns a site plus a user's overrides into an :class:`EndpointConfig`
+:func:`site_config` turns a site plus a user's overrides into an :class:`BlockConfig`
 (``BatchEndpoint.from_site`` and ``mpiengine endpoint configure NAME --site ...`` use it):
 a value the site requires (the account) is refused when missing, a queue the site does not have
 is refused with the site's queues, and every override wins over the site's value, except that
@@ -31,7 +31,7 @@ import yaml
 from jsonschema.exceptions import best_match
 
 from mpiengine.binding import Binding
-from mpiengine.config import EndpointConfig, load_config, parse_walltime, schema
+from mpiengine.config import BlockConfig, load_config, parse_walltime, schema
 from mpiengine.data import data_dir
 from mpiengine.launchers import LauncherSpec, available_launchers, load_launcher
 from mpiengine_sdk.errors import ConfigError
@@ -192,7 +192,7 @@ class Site:
             self.launcher_name, executable=self.launcher_executable, options=options
         )
 
-    def config(self, **overrides: Any) -> EndpointConfig:
+    def config(self, **overrides: Any) -> BlockConfig:
         """This site as an endpoint config, with ``overrides`` (see :func:`site_config`)."""
         return _config(self, dict(overrides))
 
@@ -450,7 +450,7 @@ def _check_account(site: Site, account: Any) -> None:
         )
 
 
-def _check_limits(site: Site, queue: Queue | None, cfg: EndpointConfig) -> None:
+def _check_limits(site: Site, queue: Queue | None, cfg: BlockConfig) -> None:
     if queue is None:
         return
     n = cfg.nodes_per_block
@@ -478,7 +478,7 @@ def _small_queues(site: Site) -> str:
     return ", ".join(q.name for q in site.queues if not q.unsupported and (q.min_nodes or 1) == 1)
 
 
-def _config(site: Site, over: dict[str, Any]) -> EndpointConfig:
+def _config(site: Site, over: dict[str, Any]) -> BlockConfig:
     if site.provider is None:
         raise ConfigError(
             "batch",
@@ -510,7 +510,7 @@ def _config(site: Site, over: dict[str, Any]) -> EndpointConfig:
         "worker_init": site.worker_init.strip("\n"),
         **site.endpoint,
     }
-    default_walltime = parse_walltime(str(doc.get("walltime", EndpointConfig.walltime)))
+    default_walltime = parse_walltime(str(doc.get("walltime", BlockConfig.walltime)))
     if queue is not None and queue.max_walltime and "walltime" not in over:
         if parse_walltime(queue.max_walltime) < default_walltime:
             doc["walltime"] = queue.max_walltime  # the default would be refused; fit the queue
@@ -522,7 +522,7 @@ def _config(site: Site, over: dict[str, Any]) -> EndpointConfig:
         if over.get(key):
             doc[key] = _lines(doc[key], str(over.pop(key)))
         over.pop(key, None)
-    known = {f.name for f in fields(EndpointConfig)}
+    known = {f.name for f in fields(BlockConfig)}
     unknown = sorted(set(over) - known)
     if unknown:
         raise ConfigError(
@@ -534,7 +534,7 @@ def _config(site: Site, over: dict[str, Any]) -> EndpointConfig:
     return cfg
 
 
-def site_config(name: str | Path, **overrides: Any) -> EndpointConfig:
+def site_config(name: str | Path, **overrides: Any) -> BlockConfig:
     """The endpoint config of machine ``name`` with the user's ``overrides``.
 
     Args:

@@ -19,7 +19,7 @@ from typing import Any
 from mpiengine.blocks.blockstate import BlockRecord
 from mpiengine.blocks.manager import BlockManager
 from mpiengine.blocks.provider import BlockProvider, make_provider
-from mpiengine.config import EndpointConfig, load_config
+from mpiengine.config import BlockConfig, load_config
 from mpiengine.endpoint import Endpoint
 from mpiengine.launchers import load_launcher
 from mpiengine.retention import EndpointRetention
@@ -37,7 +37,7 @@ class BatchEndpoint(Endpoint):
     :class:`~mpiengine.endpoint.Endpoint` whose block source is a BlockManager.
 
     Args:
-        config: an EndpointConfig, a mapping or a YAML path (validated at load).
+        config: an BlockConfig, a mapping or a YAML path (validated at load).
         workdir: the endpoint's directory (default: the config's ``workdir``, else a fresh one
             under ``MPIENGINE_HOME``/endpoints). Sandboxes go to ``tasks/``, block files to
             ``blocks/``.
@@ -54,7 +54,7 @@ class BatchEndpoint(Endpoint):
 
     def __init__(
         self,
-        config: EndpointConfig | dict[str, Any] | str | Path,
+        config: BlockConfig | dict[str, Any] | str | Path,
         *,
         workdir: str | Path | None = None,
         provider: BlockProvider | None = None,
@@ -62,7 +62,7 @@ class BatchEndpoint(Endpoint):
         sandbox_max_age: float | None = None,
         sandbox_max_bytes: int | None = None,
     ) -> None:
-        self.config = config if isinstance(config, EndpointConfig) else load_config(config)
+        self.config = config if isinstance(config, BlockConfig) else load_config(config)
         cfg = self.config
         chosen = workdir if workdir is not None else cfg.workdir
         path = Path(chosen).expanduser() if chosen is not None else _fresh_workdir()

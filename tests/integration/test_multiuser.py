@@ -120,8 +120,8 @@ def _admin_files(root: Path, tag: str) -> None:
     ]
     (root / "identity_mapping.json").write_text(json.dumps(mapping))
     (root / "user_config_template.yaml.j2").write_text(
-        "engine: embedded\n"
-        "engine_options:\n"
+        "backend: embedded\n"
+        "backend_options:\n"
         "  nodes: {{ nodes | default(2) }}\n"
         "  cores_per_node: 2\n"
         "  kill_grace: 0.5\n"
@@ -154,8 +154,8 @@ def manager(harness: RelayHarness, people: dict[str, Principal]) -> Iterator[End
     ep = harness.endpoint(
         "mu",
         people["owner"],
-        engine=MANAGER_ENGINE,
-        engine_options={"idle_timeout": 6.0, "stop_grace": 5.0},
+        backend=MANAGER_ENGINE,
+        backend_options={"idle_timeout": 6.0, "stop_grace": 5.0},
         heartbeat_period=1.0,
         stop_grace=5.0,
     )

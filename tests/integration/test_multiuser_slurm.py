@@ -50,8 +50,8 @@ def manager(
     ep = harness.endpoint(
         "mu-slurm",
         people["owner"],
-        engine=MANAGER_ENGINE,
-        engine_options={"stop_grace": 30.0},
+        backend=MANAGER_ENGINE,
+        backend_options={"stop_grace": 30.0},
         heartbeat_period=1.0,
         stop_grace=5.0,
     )
@@ -69,7 +69,7 @@ def manager(
     # The admin fixes the cluster, the partition and the limits; users choose the block size.
     base = config(nodes_per_block=1, max_blocks=1, cores_per_node=2)
     base.pop("nodes_per_block")
-    lines = ["engine: batch", "engine_options:"]
+    lines = ["backend: batch", "backend_options:"]
     lines += [f"  {k}: {json.dumps(v)}" for k, v in base.items()]
     lines += [
         "  nodes_per_block: {{ nodes }}",

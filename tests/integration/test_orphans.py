@@ -192,7 +192,7 @@ ENGINE = {"nodes": 1, "cores_per_node": 1, "kill_grace": 0.5}
 def test_kill_9_of_the_endpoint_service_kills_its_running_task(
     harness: RelayHarness, owner: Principal, tmp_path: Path
 ) -> None:
-    ep = harness.endpoint("ep-kill9", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep = harness.endpoint("ep-kill9", owner, backend_options=ENGINE, heartbeat_period=1.0)
     ep.start()
     ex = Executor(endpoint_id=ep.endpoint_id, config=owner.client_config)
     pids: list[int] = []
@@ -218,8 +218,8 @@ def test_endpoint_stop_returns_once_the_process_exited(
     ep = harness.endpoint(
         "ep-stop",
         owner,
-        engine="tests.integration.slow_exit_engine:slow_exit",
-        engine_options={**ENGINE, "exit_delay": 2.0},
+        backend="tests.integration.slow_exit_engine:slow_exit",
+        backend_options={**ENGINE, "exit_delay": 2.0},
         heartbeat_period=1.0,
         stop_grace=0.5,
     )

@@ -157,7 +157,7 @@ def test_200_mb_through_a_1_mb_relay_by_proxy(tmp_path, redis_port):
     require_broker()
     with RelayHarness(tmp_path / "relay", relay_options={"max_payload_bytes": MB}) as harness:
         owner = harness.user("proxy")
-        endpoint = harness.endpoint("ep", owner, engine_options={"nodes": 1})
+        endpoint = harness.endpoint("ep", owner, backend_options={"nodes": 1})
         endpoint.start()
         try:
             with Executor(endpoint_id=endpoint.endpoint_id, config=owner.client_config) as ex:

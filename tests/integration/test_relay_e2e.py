@@ -76,7 +76,7 @@ def endpoint(harness: RelayHarness, alice: Principal) -> Iterator[EndpointProces
     ep = harness.endpoint(
         "ep",
         alice,
-        engine_options={"nodes": 4, "cores_per_node": 4, "kill_grace": 0.5},
+        backend_options={"nodes": 4, "cores_per_node": 4, "kill_grace": 0.5},
         heartbeat_period=1.0,
         stop_grace=5.0,
     )
@@ -186,7 +186,7 @@ def test_a_resubmitted_task_id_runs_once(remote: Executor, endpoint: EndpointPro
 
 
 def test_endpoint_status_and_offline(harness: RelayHarness, alice: Principal) -> None:
-    ep = harness.endpoint("ep-hb", alice, engine="null", heartbeat_period=0.5).start()
+    ep = harness.endpoint("ep-hb", alice, backend="null", heartbeat_period=0.5).start()
     backend = RelayBackend(ep.endpoint_id, config=alice.client_config)
     with Executor(backend=backend) as ex:
         status = backend.status()
@@ -225,7 +225,7 @@ def test_results_carry_timings(remote: Executor) -> None:
 def test_detached_start_and_stop_through_the_cli(
     harness: RelayHarness, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ep = harness.endpoint("ep-cli", alice, engine="null")
+    ep = harness.endpoint("ep-cli", alice, backend="null")
     for key, value in harness.env.items():
         if key.startswith("MPIENGINE_"):
             monkeypatch.setenv(key, value)

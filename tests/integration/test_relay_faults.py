@@ -88,7 +88,7 @@ def _attempts(endpoint: EndpointProcess) -> int:
 
 
 def test_endpoint_killed_three_times(harness: RelayHarness, owner: Principal) -> None:
-    ep = harness.endpoint("ep-kill", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep = harness.endpoint("ep-kill", owner, backend_options=ENGINE, heartbeat_period=1.0)
     ep.start()
     run = Counted(ep)
     try:
@@ -105,7 +105,7 @@ def test_endpoint_killed_three_times(harness: RelayHarness, owner: Principal) ->
 
 
 def test_broker_restart_mid_run(harness: RelayHarness, owner: Principal) -> None:
-    ep = harness.endpoint("ep-broker", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep = harness.endpoint("ep-broker", owner, backend_options=ENGINE, heartbeat_period=1.0)
     ep.start()
     run = Counted(ep)
     try:
@@ -125,7 +125,7 @@ def test_broker_restarted_while_200_tasks_are_submitted(
     harness: RelayHarness, owner: Principal
 ) -> None:
     """Tasks submitted while the broker is down get their real results: none raises."""
-    ep = harness.endpoint("ep-outage", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep = harness.endpoint("ep-outage", owner, backend_options=ENGINE, heartbeat_period=1.0)
     ep.start()
     run = Counted(ep)
     broker = harness.admin.broker
@@ -145,7 +145,7 @@ def test_broker_restarted_while_200_tasks_are_submitted(
 
 
 def test_relay_killed_mid_run(harness: RelayHarness, owner: Principal) -> None:
-    ep = harness.endpoint("ep-relay", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep = harness.endpoint("ep-relay", owner, backend_options=ENGINE, heartbeat_period=1.0)
     ep.start()
     run = Counted(ep)
     try:
@@ -165,7 +165,7 @@ def test_graceful_stop_returns_unfinished_tasks(
     harness: RelayHarness, owner: Principal, tmp_path: Path
 ) -> None:
     ep = harness.endpoint(
-        "ep-stop", owner, engine_options=ENGINE, heartbeat_period=1.0, stop_grace=1.0
+        "ep-stop", owner, backend_options=ENGINE, heartbeat_period=1.0, stop_grace=1.0
     )
     ep.start()
     run = Counted(ep)

@@ -99,7 +99,7 @@ def test_init_serve_status_stop_destroy(harness: RelayHarness, tmp_path: Path) -
     assert again.returncode == 1 and f"relay main is already running (pid {pid})" in again.stderr
 
     alice = h.user("alice")
-    ep = h.endpoint("ep", alice, engine="null", heartbeat_period=0.5).start()
+    ep = h.endpoint("ep", alice, backend="null", heartbeat_period=0.5).start()
     with Executor(endpoint_id=ep.endpoint_id, config=alice.client_config) as ex:
         assert [ex.submit(ShellFunction(["true"])).result(30).returncode for _ in range(3)] == [
             0

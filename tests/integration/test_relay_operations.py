@@ -32,7 +32,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Executor,
     require_broker()
     with RelayHarness(tmp_path_factory.mktemp("relay-ops")) as harness:
         owner: Principal = harness.user("ops")
-        endpoint = harness.endpoint("ep", owner, engine_options={"nodes": 2})
+        endpoint = harness.endpoint("ep", owner, backend_options={"nodes": 2})
         endpoint.start()
         try:
             with Executor(endpoint_id=endpoint.endpoint_id, config=owner.client_config) as ex:

@@ -38,7 +38,7 @@ def _done(futures: list[TaskFuture]) -> int:
 
 def test_two_relays_on_postgresql_either_killed_mid_run(harness: RelayHarness) -> None:
     owner = harness.user("owner")
-    ep = harness.endpoint("ep", owner, engine_options=ENGINE, heartbeat_period=1.0)
+    ep = harness.endpoint("ep", owner, backend_options=ENGINE, heartbeat_period=1.0)
     ep.start()
     first, second = harness.relays
     assert _consumers(harness, "relay.requests") == _consumers(harness, "relay.results") == 2

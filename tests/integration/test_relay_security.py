@@ -64,7 +64,7 @@ def bob(harness: RelayHarness) -> Principal:
 
 @pytest.fixture(scope="module")
 def endpoint(harness: RelayHarness, alice: Principal) -> Iterator[EndpointProcess]:
-    ep = harness.endpoint("ep-a", alice, engine="null", heartbeat_period=1.0)
+    ep = harness.endpoint("ep-a", alice, backend="null", heartbeat_period=1.0)
     ep.start()
     yield ep
     ep.stop()

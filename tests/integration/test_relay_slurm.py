@@ -50,8 +50,8 @@ def endpoint(harness: RelayHarness, owner: Principal) -> Iterator[EndpointProces
     ep = harness.endpoint(
         "slurm-ep",
         owner,
-        engine="batch",
-        engine_options=config(),
+        backend="batch",
+        backend_options=config(),
         heartbeat_period=1.0,
         stop_grace=5.0,
     )

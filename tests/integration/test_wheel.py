@@ -52,7 +52,7 @@ def test_the_wheel_carries_the_data_folders_and_runs(tmp_path: Path) -> None:
     )
     (wheel,) = wheels.glob("mpiengine-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "mpiengine/_data/site-configs/endpoint.schema.json" in names
+    assert "mpiengine/_data/site-configs/block.schema.json" in names
     shipped = {Path(n).name for n in names if n.startswith("mpiengine/_data/launchers/")}
     assert {f.name for f in (REPO / "launchers").iterdir() if f.is_file()} <= shipped
 

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from mpiengine.cli import main
-from mpiengine.config import EndpointConfig
+from mpiengine.config import BlockConfig
 from mpiengine.data import data_dir
 from mpiengine.launchers import load_launcher
 from mpiengine.sites import available_sites, load_site, site_config
@@ -169,7 +169,7 @@ def test_the_login_nodes_interface_gives_the_endpoints_address(monkeypatch) -> N
     assert site_config("polaris", account="a").address == "10.1.2.3"
     assert site_config("polaris", account="a", address="10.9.9.9").address == "10.9.9.9"
     monkeypatch.setattr(sites, "_interface_address", lambda name: None)
-    assert site_config("polaris", account="a").address == EndpointConfig.address
+    assert site_config("polaris", account="a").address == BlockConfig.address
 
 
 def test_unknown_keys_and_machines_are_refused() -> None:
@@ -262,9 +262,9 @@ def test_a_file_whose_name_differs_is_refused(tmp_path: Path) -> None:
 
 def test_the_schemas_are_shipped_and_the_endpoint_schema_still_validates() -> None:
     assert (data_dir("site-configs") / "site.schema.json").is_file()
-    assert EndpointConfig().as_dict()["launcher_options"] == []
+    assert BlockConfig().as_dict()["launcher_options"] == []
     with pytest.raises(ConfigError, match="cpu_ids"):
-        EndpointConfig().replace(cores_per_node=4, cpu_ids=[1, 2])
+        BlockConfig().replace(cores_per_node=4, cpu_ids=[1, 2])
     assert load_launcher("srun", options=["--mpi=pmix"]).site_options == ("--mpi=pmix",)
 
 

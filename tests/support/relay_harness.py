@@ -244,15 +244,12 @@ class RelayHarness:
             proc.wait(30)
 
     def endpoint(
-        self, name: str, owner: Principal, engine: str = "embedded", **settings: Any
+        self, name: str, owner: Principal, backend: str = "embedded", **settings: Any
     ) -> EndpointProcess:
         """Configure (not start) endpoint ``name`` of ``owner``; settings are ServiceConfig
-        fields, the backend (``engine``) options go in ``engine_options``."""
+        fields (the backend's options in ``backend_options``)."""
         handle = EndpointProcess(self, name, owner)
-        options = settings.pop("engine_options", {})
-        config = ServiceConfig(
-            relay=self.url, user=owner.name, backend=engine, backend_options=options, **settings
-        )
+        config = ServiceConfig(relay=self.url, user=owner.name, backend=backend, **settings)
         config.save(handle.paths.config)
         handle.paths.save_password(owner.password)
         self.endpoints.append(handle)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiengine.config import EndpointConfig, load_config, parse_walltime, schema
+from mpiengine.config import BlockConfig, load_config, parse_walltime, schema
 from mpiengine_sdk.errors import ConfigError
 
 GOOD = """
@@ -37,7 +37,7 @@ def test_a_full_yaml_file_loads(tmp_path: Path) -> None:
 
 def test_defaults_match_the_schema() -> None:
     props = schema()["properties"]
-    defaults = EndpointConfig()
+    defaults = BlockConfig()
     assert set(props) == set(defaults.as_dict())
     for key, prop in props.items():
         assert getattr(defaults, key) == prop["default"], key
@@ -109,3 +109,13 @@ def test_parse_walltime() -> None:
     assert parse_walltime("01:02:03") == 3723
     with pytest.raises(ConfigError):
         parse_walltime("1:2")
+
+
+def test_the_old_name_endpointconfig_still_imports_with_a_deprecation_warning() -> None:
+    import mpiengine.config as config_module
+
+    with pytest.warns(DeprecationWarning, match="EndpointConfig is now BlockConfig"):
+        old = config_module.EndpointConfig
+    assert old is BlockConfig
+    with pytest.raises(AttributeError):
+        _ = config_module.NoSuchName  # type: ignore[attr-defined]

@@ -34,8 +34,8 @@ SCHEMA = {
     "required": ["account"],
     "additionalProperties": False,
 }
-TEMPLATE = """engine: batch
-engine_options:
+TEMPLATE = """backend: batch
+backend_options:
   provider: slurm
   account: {{ account }}
   nodes_per_block: {{ nodes | default(1) }}
@@ -52,8 +52,8 @@ def template(text: str = TEMPLATE, **kw: object) -> UserConfigTemplate:
 
 def test_template_renders_validated_variables() -> None:
     out = template().render({"account": "proj1", "nodes": 2}, RESERVED)
-    assert out["engine"] == "batch"
-    assert out["engine_options"] == {
+    assert out["backend"] == "batch"
+    assert out["backend_options"] == {
         "provider": "slurm",
         "account": "proj1",
         "nodes_per_block": 2,
@@ -65,8 +65,8 @@ def test_template_renders_validated_variables() -> None:
 def test_a_value_cannot_break_out_of_yaml() -> None:
     evil = 'x\nrm -rf ~\nengine: embedded\n"]: {'
     out = template().render({"account": "p", "worker_init": evil}, RESERVED)
-    assert out["engine"] == "batch"
-    assert out["engine_options"]["worker_init"] == evil  # one inert string, as sent
+    assert out["backend"] == "batch"
+    assert out["backend_options"]["worker_init"] == evil  # one inert string, as sent
 
 
 @pytest.mark.parametrize(
@@ -110,16 +110,16 @@ def test_template_cannot_reach_python_internals(text: str) -> None:
 
 def test_missing_variable_is_an_error_not_empty() -> None:
     with pytest.raises(ConfigError, match="undefined"):
-        template("engine: batch\nengine_options: {q: {{ queue }}}\n").render(
+        template("backend: batch\nbackend_options: {q: {{ queue }}}\n").render(
             {"account": "p"}, RESERVED
         )
 
 
 def test_rendered_config_cannot_override_policy() -> None:
     t = template(
-        "engine: embedded\nengine_options: {workdir: /tmp/x, nodes: 1}\n", policy_keys=["workdir"]
+        "backend: embedded\nbackend_options: {workdir: /tmp/x, nodes: 1}\n", policy_keys=["workdir"]
     )
-    with pytest.raises(ConfigError, match="engine_options.workdir: is fixed by the endpoint"):
+    with pytest.raises(ConfigError, match="backend_options.workdir: is fixed by the endpoint"):
         t.render({"account": "p"}, RESERVED)
     with pytest.raises(ConfigError, match="unknown key"):
         template("engine: embedded\nprefetch: 100\n").render({"account": "p"}, RESERVED)
@@ -131,7 +131,7 @@ def test_shell_quote_filter() -> None:
     out = template(
         "engine: batch\nengine_options: {worker_init: {{ ('cd ' ~ account) | shell_quote }}}\n"
     ).render({"account": "p"}, RESERVED)
-    assert out["engine_options"]["worker_init"] == "'cd p'"
+    assert out["backend_options"]["worker_init"] == "'cd p'"
 
 
 # -- identity mapping --------------------------------------------------------------------------
@@ -362,3 +362,17 @@ def test_executor_sends_user_config_and_checks_it_at_the_edge() -> None:
         Executor(backend=NullBackend(), user_config={"x": object()})
     with pytest.raises(ConfigError, match="user_config: must be a mapping"):
         Executor(backend=NullBackend(), user_config=["x"])  # type: ignore[arg-type]
+
+
+def test_a_template_with_the_old_engine_keys_still_renders_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = template("engine: batch\nengine_options: {partition: debug}\n")
+    with caplog.at_level("WARNING", logger="mpiengine.multiuser.template"):
+        out = old.render({"account": "p"}, RESERVED)
+    assert out["backend"] == "batch" and out["backend_options"] == {"partition": "debug"}
+    assert "'engine' is now 'backend'" in caplog.text
+    assert "'engine_options' is now 'backend_options'" in caplog.text
+    both = template("engine: batch\nbackend: embedded\n")
+    with pytest.raises(ConfigError, match="both 'engine' and its new name 'backend'"):
+        both.render({"account": "p"}, RESERVED)

@@ -11,12 +11,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from mpiengine.config import EndpointConfig
+from mpiengine.config import BlockConfig
 
 __all__ = ["agent_command", "job_command"]
 
 
-def agent_command(cfg: EndpointConfig) -> str:
+def agent_command(cfg: BlockConfig) -> str:
     """The shell words that start ``mpiengine agent`` in a job (without its options).
 
     The config's ``agent_command`` if set; else this installation's ``mpiengine`` script (beside
@@ -30,7 +30,7 @@ def agent_command(cfg: EndpointConfig) -> str:
     return f"{shlex.quote(sys.executable)} -m mpiengine agent"
 
 
-def job_command(cfg: EndpointConfig, address: str, block_id: str, directory: Path) -> str:
+def job_command(cfg: BlockConfig, address: str, block_id: str, directory: Path) -> str:
     """The full agent command line for one block.
 
     Args:

@@ -53,7 +53,7 @@ from mpiengine.blocks.scaling import (
     blocks_to_release,
     needs_replacement,
 )
-from mpiengine.config import EndpointConfig
+from mpiengine.config import BlockConfig
 from mpiengine.engineport import EnginePort
 from mpiengine.launchers import LauncherSpec
 from mpiengine.scheduler import BlockInfo
@@ -76,7 +76,7 @@ class BlockManager:
 
     def __init__(
         self,
-        cfg: EndpointConfig,
+        cfg: BlockConfig,
         provider: BlockProvider,
         launcher: LauncherSpec,
         workdir: Path,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mpiengine.config import EndpointConfig
+from mpiengine.config import BlockConfig
 from mpiengine_sdk.errors import BackendError
 
 __all__ = [
@@ -253,7 +253,7 @@ _NO_KILL = {
 }
 
 
-def survive_node_failure(cfg: EndpointConfig) -> str:
+def survive_node_failure(cfg: BlockConfig) -> str:
     """The config's scheduler options with the directive that keeps a block's job running
     when one of its nodes fails (first), unless the options already say something about it."""
     known = _NO_KILL.get(cfg.provider)
@@ -262,13 +262,13 @@ def survive_node_failure(cfg: EndpointConfig) -> str:
     return "\n".join(line for line in (known[1], cfg.scheduler_options) if line)
 
 
-def _block_options(cfg: EndpointConfig) -> dict[str, Any]:
+def _block_options(cfg: BlockConfig) -> dict[str, Any]:
     # The endpoint scales; Parsl's own block counters stay idle (it only submits when asked).
     return {"init_blocks": 0, "min_blocks": 0, "max_blocks": cfg.max_blocks}
 
 
 def make_provider(
-    cfg: EndpointConfig, runner: CommandRunner | None = None, worker_init: str = ""
+    cfg: BlockConfig, runner: CommandRunner | None = None, worker_init: str = ""
 ) -> ParslProvider:
     """Build the Parsl provider the config names.
 

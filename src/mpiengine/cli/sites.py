@@ -130,7 +130,7 @@ def site_backend_options(site: str, sets: Sequence[str]) -> dict[str, Any]:
         ConfigError: as :func:`mpiengine.sites.site_config`.
         click.BadParameter: a ``--set`` that is not KEY=VALUE.
     """
-    from mpiengine.config import EndpointConfig
+    from mpiengine.config import BlockConfig
     from mpiengine.sites import site_config
 
     overrides: dict[str, Any] = {}
@@ -139,7 +139,7 @@ def site_backend_options(site: str, sets: Sequence[str]) -> dict[str, Any]:
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         overrides[key] = value if key in ("account", "queue", "partition") else _value(value)
-    defaults = EndpointConfig().as_dict()
+    defaults = BlockConfig().as_dict()
     return {k: v for k, v in site_config(site, **overrides).as_dict().items() if defaults[k] != v}
 
 

@@ -358,8 +358,8 @@ class ManagerBackend:
                 "uid": account.pw_uid,
                 "endpoint": self.name,
                 "key": key,
-                "engine": config["engine"],
-                "engine_options": config["engine_options"],
+                "backend": config["backend"],
+                "backend_options": config["backend_options"],
                 "environment": config["environment"],
                 "allowlist": self.allowlist.as_dict() if self.allowlist is not None else None,
             }

@@ -7,8 +7,10 @@
    refused by the sandbox). Every value is emitted as JSON (``finalize``), so a string lands in
    the YAML as one quoted scalar: ``"x\\nrm -rf ~"`` stays one string and cannot open a new key.
    A ``shell_quote`` filter quotes a value for a shell line.
-3. The rendered YAML must be a mapping with ``engine`` and ``engine_options`` (those of an
-   endpoint config) and may not set a key the admin's policy fixes (``policy_keys``).
+3. The rendered YAML must be a mapping with ``backend`` (``embedded`` or ``batch``) and
+   ``backend_options`` (those of that backend: for ``batch``, a block config) and may not set a
+   key the admin's policy fixes (``policy_keys``). The old names ``engine`` and
+   ``engine_options`` still load, with a warning in the log naming the new key.
 
 Reserved variables (not settable by users): ``user`` (``name``, ``uid``, ``gid``, ``home``)
 and ``principal``.
@@ -17,6 +19,7 @@ and ``principal``.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -34,7 +37,11 @@ __all__ = ["RESERVED", "UserConfigTemplate"]
 #: Variables the manager sets; a user variable of these names is refused.
 RESERVED = frozenset({"user", "principal"})
 #: The keys a rendered config may have.
-_KEYS = frozenset({"engine", "engine_options", "environment"})
+log = logging.getLogger(__name__)
+
+_KEYS = frozenset({"backend", "backend_options", "environment"})
+#: Old key -> new key (still read; a warning names the new one).
+_RENAMED = {"engine": "backend", "engine_options": "backend_options"}
 
 
 def _finalize(value: Any) -> Any:
@@ -147,7 +154,7 @@ class UserConfigTemplate:
             reserved: ``user`` and ``principal`` (set by the manager).
 
         Returns:
-            ``{"engine": ..., "engine_options": {...}, "environment": {...}}``.
+            ``{"backend": ..., "backend_options": {...}, "environment": {...}}``.
 
         Raises:
             ConfigError: a schema failure, a template error (missing variable, sandbox
@@ -176,23 +183,31 @@ class UserConfigTemplate:
             raise ConfigError("user_config_template", f"rendered YAML is invalid: {exc}") from exc
         if not isinstance(doc, dict):
             raise ConfigError("user_config_template", "must render to a mapping")
+        for old, new in _RENAMED.items():
+            if old in doc:
+                if new in doc:
+                    raise ConfigError(
+                        "user_config_template", f"sets both {old!r} and its new name {new!r}"
+                    )
+                log.warning("user_config_template: %r is now %r; please rename it", old, new)
+                doc[new] = doc.pop(old)
         unknown = sorted(set(doc) - _KEYS)
         if unknown:
             raise ConfigError(
                 "user_config_template", f"unknown key(s) {unknown}", str(sorted(_KEYS))
             )
-        engine = doc.get("engine", "embedded")
-        if engine not in ("embedded", "batch"):
-            raise ConfigError("engine", f"a user endpoint runs embedded or batch, not {engine!r}")
-        options = doc.get("engine_options") or {}
+        backend = doc.get("backend", "embedded")
+        if backend not in ("embedded", "batch"):
+            raise ConfigError("backend", f"a user endpoint runs embedded or batch, not {backend!r}")
+        options = doc.get("backend_options") or {}
         env = doc.get("environment") or {}
         if not isinstance(options, dict):
-            raise ConfigError("engine_options", "must be a mapping")
+            raise ConfigError("backend_options", "must be a mapping")
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise ConfigError("environment", "must be a mapping of strings")
         locked = sorted(self.policy_keys & set(options))
         if locked:
             raise ConfigError(
-                f"engine_options.{locked[0]}", "is fixed by the endpoint's admin policy"
+                f"backend_options.{locked[0]}", "is fixed by the endpoint's admin policy"
             )
-        return {"engine": engine, "engine_options": options, "environment": env}
+        return {"backend": backend, "backend_options": options, "environment": env}

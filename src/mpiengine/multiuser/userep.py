@@ -59,7 +59,7 @@ def _become(account: pwd.struct_passwd, setup: dict[str, Any]) -> tuple[Any, Any
     from mpiengine.multiuser.privileges import drop_privileges, private_dir, user_environment
     from mpiengine.service.backends import make_backend
 
-    if setup["engine"] == "embedded":
+    if setup["backend"] == "embedded":
         import mpiengine.embedded  # noqa: F401
     else:
         import mpiengine.slurm_endpoint  # noqa: F401
@@ -72,7 +72,7 @@ def _become(account: pwd.struct_passwd, setup: dict[str, Any]) -> tuple[Any, Any
     private_dir(root)
     workdir = private_dir(root / str(setup["endpoint"]) / str(setup["key"]))
     os.chdir(workdir)
-    backend = make_backend(str(setup["engine"]), dict(setup["engine_options"]), workdir / "work")
+    backend = make_backend(str(setup["backend"]), dict(setup["backend_options"]), workdir / "work")
     allow = AllowList.parse(setup["allowlist"]) if setup.get("allowlist") is not None else None
     return backend, allow
 

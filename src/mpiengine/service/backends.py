@@ -4,7 +4,7 @@ config.
 - ``embedded``: ``mpiengine.embedded.EmbeddedEndpoint``: this host as virtual nodes.
 - ``batch``: ``mpiengine.slurm_endpoint.BatchEndpoint``: blocks from a batch system (Slurm,
   PBS Pro, or this host) through Parsl's providers. Its options are the endpoint config's keys
-  (``site-configs/endpoint.schema.json``), or ``config: PATH`` naming a YAML file of them;
+  (``site-configs/block.schema.json``), or ``config: PATH`` naming a YAML file of them;
   either way they are validated when the service starts.
 - ``null``: completes every task at once without running it (measures the relay alone).
 - ``package.module:factory``: any callable taking ``workdir=`` and the backend options and
