@@ -18,8 +18,9 @@ from mpiengine.agent.protocol import (
 )
 from mpiengine.agent.steps import SrunSteps, step_name
 from mpiengine.cli.agent import agent
-from mpiengine.runner.launch import Completion, LaunchSpec
+from mpiengine.runner.launch import LaunchSpec
 from mpiengine_sdk.errors import BackendError
+from tests.support.records import completion
 
 
 def test_pbs_nodefile_is_deduplicated_in_order(tmp_path: Path) -> None:
@@ -93,20 +94,7 @@ def test_protocol_round_trips_launches_and_completions() -> None:
         files={"task.dill": b"\x00\xffbytes"},
     )
     assert launch_from_dict(launch_to_dict(spec)) == spec
-    done = Completion(
-        task_id="t",
-        returncode=0,
-        stdout="o",
-        stderr="e",
-        stdout_path="/o",
-        stderr_path="/e",
-        sandbox="/s",
-        argv=("a",),
-        started=1.0,
-        ended=2.0,
-        timed_out=False,
-        cancelled=True,
-    )
+    done = completion(cancelled=True)
     assert completion_from_dict(completion_to_dict(done)) == done
     with pytest.raises(ProtocolError):
         decode(b"[1]")

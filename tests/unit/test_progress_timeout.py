@@ -25,7 +25,7 @@ from mpiengine.agent.protocol import (
 from mpiengine.agent.steps import SrunSteps, step_name
 from mpiengine.outcome import result_from_completion
 from mpiengine.placement import Placement
-from mpiengine.runner.launch import HUNG_RETURNCODE, TIMEOUT_RETURNCODE, Completion, LaunchSpec
+from mpiengine.runner.launch import HUNG_RETURNCODE, TIMEOUT_RETURNCODE, LaunchSpec
 from mpiengine.runner.process import TaskRunner
 from mpiengine.runner.sandbox import create_sandbox
 from mpiengine_sdk import ResourceSpec, SpecError, TaskHung, TaskTimeout
@@ -33,6 +33,7 @@ from mpiengine_sdk.errors import TaskError
 from mpiengine_sdk.results import ShellResult, unpack_result
 from mpiengine_sdk.states import TERMINAL_STATES, TaskState
 from mpiengine_sdk.wire import ResultMessage, TaskKind, TaskMessage, decode_result, encode_result
+from tests.support.records import completion
 from tests.unit.test_agent import TOKEN, FakeEndpoint, welcome
 from tests.unit.test_runner_process import ENV, Collector, assert_all_gone, read_pids
 
@@ -200,21 +201,7 @@ def test_the_protocol_carries_progress_timeout_and_hung() -> None:
     assert launch_from_dict(launch_to_dict(launch)) == launch
     plain = LaunchSpec("t", ("a",), {}, Path("/s"), None)
     assert launch_from_dict(launch_to_dict(plain)).progress_timeout is None
-    done = Completion(
-        task_id="t",
-        returncode=125,
-        stdout="o",
-        stderr="e",
-        stdout_path="/o",
-        stderr_path="/e",
-        sandbox="/s",
-        argv=("a",),
-        started=1.0,
-        ended=4.0,
-        timed_out=False,
-        cancelled=False,
-        hung=True,
-    )
+    done = completion(returncode=125, ended=4.0, hung=True)
     back = completion_from_dict(completion_to_dict(done))
     assert back == done and back.hung
     with pytest.raises(ProtocolError):
@@ -279,19 +266,15 @@ def _placement() -> Placement:
 
 
 def _hung(kind: TaskKind) -> ResultMessage:
-    done = Completion(
+    done = completion(
         task_id="t1",
         returncode=125,
         stdout="started\n",
         stderr="warn\n",
         stdout_path="/s/stdout",
         stderr_path="/s/stderr",
-        sandbox="/s",
         argv=("x",),
-        started=1.0,
         ended=4.0,
-        timed_out=False,
-        cancelled=False,
         hung=True,
     )
     msg = result_from_completion(_task(kind), _placement(), done)
