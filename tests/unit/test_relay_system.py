@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,15 +203,27 @@ def test_duplicates_never_reach_the_user(system: System) -> None:
     deadline = time.monotonic() + 10
     while future.task_id not in engine.started and time.monotonic() < deadline:
         time.sleep(0.01)
+    settled: Counter[str] = Counter()  # done-callbacks run, per future
+    ran = {"submitted": threading.Event(), "attached": threading.Event()}
+
+    def note(which: str) -> Callable[[object], None]:
+        return lambda _: (settled.update([which]), ran[which].set())
+
+    future.add_done_callback(note("submitted"))
     engine.finish(future.task_id, "one")
     engine.finish(future.task_id, "two")  # an engine (or redelivery) reporting twice
-    assert future.result(10).stdout == "one"
-    time.sleep(0.3)
-    assert counts[future.task_id] == 1
-    # The relay re-sends a stored result on fetch: once more, for the attached future only.
-    assert ex.attach([future.task_id])[0].result(10).stdout == "one"
+    assert future.result(10).stdout == "one" and ran["submitted"].wait(10)
+    time.sleep(0.3)  # a window for a late duplicate to show (absence cannot be awaited)
+    assert counts[future.task_id] == 1 and settled == {"submitted": 1}
+    # The relay re-sends a stored result on fetch: once more, for the attached future only,
+    # which is settled once; the first future is not settled again.
+    attached = ex.attach([future.task_id])[0]
+    attached.add_done_callback(note("attached"))
+    assert attached.result(10).stdout == "one" and ran["attached"].wait(10)
     time.sleep(0.3)
     assert counts[future.task_id] == 2
+    assert settled == {"submitted": 1, "attached": 1}
+    assert future.result().stdout == "one"
     assert service.status()["tasks_completed"] == 1
 
 
