@@ -25,7 +25,7 @@ import base64
 import dataclasses
 import enum
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,17 +162,12 @@ class RunRecord:
         return _read_run(self)
 
 
-def _reader(names: tuple[str, ...]) -> Callable[[Any], dict[str, Any]]:
-    """``lambda obj: {"argv": obj.argv, ...}`` for ``names``, generated once (as dataclasses
-    generates ``__init__``): a dict display is the fastest way to read them, and this runs
-    twice per task."""
-    display = ", ".join(f"{name!r}: obj.{name}" for name in names)
-    reader: Callable[[Any], dict[str, Any]] = eval(f"lambda obj: {{{display}}}")
-    return reader
-
-
 _RUN_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunRecord))
-_read_run = _reader(_RUN_NAMES)
+
+
+def _read_run(record: Any) -> dict[str, Any]:
+    """The RunRecord fields of ``record`` by name."""
+    return {name: getattr(record, name) for name in _RUN_NAMES}
 
 
 def run_fields_from(data: Mapping[str, Any]) -> dict[str, Any]:
